@@ -1,0 +1,141 @@
+"""Trained diffusion models as files: build from a spec, train, save and load (with their normalizer).
+
+A finished ``train-diffusion`` run folder holds ``model.pt``: the EMA weights, the :class:`DiffusionSpec`
+(shapes, architecture, schedule), the normalizer and where the data came from. Every consumer
+(``extract``, planning) loads it with :func:`load_diffusion_model`; :func:`check_compatible` refuses a
+base/expert pair that does not live in one space before any work is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relreward_cli.data.normalizer import Normalizer
+from relreward_cli.data.pairs import SegmentPair
+from relreward_cli.diffusion.ema import EMA
+from relreward_cli.diffusion.gaussian import GaussianDiffusion
+from relreward_cli.diffusion.schedule import NoiseSchedule
+from relreward_cli.errors import UserError
+from relreward_cli.models.unet import TemporalUnet
+from relreward_cli.training import TrainResult, load_checkpoint, save_checkpoint, train_loop
+
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    """Everything needed to rebuild a trajectory diffusion model.
+
+    ``transition_dim = obs_dim + act_dim`` with actions first when ``use_actions``, else ``obs_dim``.
+    """
+
+    horizon: int
+    obs_dim: int
+    act_dim: int
+    use_actions: bool
+    dim: int
+    dim_mults: tuple[int, ...]
+    n_steps: int
+    schedule: str = "cosine"
+    clip_denoised: bool = True
+
+    @property
+    def transition_dim(self) -> int:
+        return self.obs_dim + self.act_dim if self.use_actions else self.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        """Offset of the observation block in a transition."""
+        return self.act_dim if self.use_actions else 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiffusionSpec:
+        return cls(**{**data, "dim_mults": tuple(data["dim_mults"])})
+
+
+def build_diffusion(spec: DiffusionSpec) -> GaussianDiffusion:
+    """A freshly initialized :class:`GaussianDiffusion` with a :class:`TemporalUnet` denoiser."""
+    unet = TemporalUnet(spec.horizon, spec.transition_dim, spec.dim, spec.dim_mults)
+    return GaussianDiffusion(unet, NoiseSchedule(spec.n_steps, spec.schedule), spec.horizon,
+                             spec.transition_dim, spec.action_dim, spec.clip_denoised)
+
+
+@dataclass
+class TrainedDiffusion:
+    """A loaded ``model.pt``: the model (EMA weights, eval mode), its spec, normalizer and data info."""
+
+    diffusion: GaussianDiffusion
+    spec: DiffusionSpec
+    normalizer: Normalizer
+    info: dict[str, Any]
+    path: Path
+
+
+def model_file(path: Path) -> Path:
+    """``path`` itself if it is a file, else ``path/model.pt`` (a run folder)."""
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() or not path.suffix else path
+
+
+def load_diffusion_model(path: Path, device: str | torch.device = "cpu") -> TrainedDiffusion:
+    """Load a finished diffusion model from a run folder or a ``model.pt``."""
+    file = model_file(path)
+    if not file.is_file():
+        raise UserError(f"No trained diffusion model at {file}. Train one first, e.g. `relreward "
+                        "train-diffusion kind=base`, or pass the run folder of a finished training.")
+    payload = load_checkpoint(file, kind="diffusion-model", map_location=device)
+    spec = DiffusionSpec.from_dict(payload["spec"])
+    diffusion = build_diffusion(spec).to(device)
+    diffusion.load_state_dict(payload["weights"])
+    diffusion.eval().requires_grad_(False)
+    return TrainedDiffusion(diffusion, spec, Normalizer.from_state_dict(payload["normalizer"]),
+                            payload["info"], file)
+
+
+def check_compatible(base: TrainedDiffusion, expert: TrainedDiffusion) -> None:
+    """Refuse a base/expert pair whose scores cannot be subtracted: shapes, normalizer, schedule must agree."""
+    problems = []
+    for field in ("horizon", "obs_dim", "act_dim", "use_actions", "n_steps", "schedule"):
+        a, b = getattr(base.spec, field), getattr(expert.spec, field)
+        if a != b:
+            problems.append(f"{field}: base {a} vs expert {b}")
+    if not base.diffusion.schedule.matches(expert.diffusion.schedule):
+        problems.append("noise schedules differ")
+    if not base.normalizer.matches(expert.normalizer):
+        problems.append("normalizers differ (the two models were trained in different normalized spaces)")
+    if problems:
+        raise UserError(
+            f"The base model {base.path} and the expert model {expert.path} disagree: {'; '.join(problems)}. "
+            "Their score difference is only defined in one shared space: train both with the same horizon, "
+            "use_actions, diffusion settings and the same base+expert data pair (the normalizer is fitted on "
+            "both), e.g. with `relreward pipeline`.")
+
+
+def train_diffusion(spec: DiffusionSpec, segments: SegmentPair, kind: str, run_dir: Path, *, n_steps: int,
+                    batch_size: int, lr: float, ema_decay: float, ema_start: int, grad_clip: float,
+                    save_every: int, log_every: int, generator: torch.Generator, device: torch.device,
+                    info: dict[str, Any], on_log=None) -> tuple[TrainedDiffusion, TrainResult]:
+    """Train a diffusion model on ``segments[kind]``, resuming from ``run_dir/checkpoint.pt``.
+
+    Writes ``run_dir/model.pt`` (EMA weights + spec + normalizer + ``info``) atomically at the end and
+    returns it loaded, with the loop's :class:`TrainResult`.
+    """
+    run_dir = Path(run_dir)
+    diffusion = build_diffusion(spec).to(device)
+    data = segments[kind].to(device)
+    ema = EMA(diffusion, ema_decay, ema_start)
+    optimizer = torch.optim.Adam(diffusion.parameters(), lr=lr)
+    extra = {"spec": asdict(spec), "normalizer": segments.normalizer.state_dict(), "info": info}
+    result = train_loop(
+        model=diffusion, loss_fn=lambda: (diffusion.loss(data.sample(batch_size, generator)), {}),
+        optimizer=optimizer, n_steps=n_steps, checkpoint_path=run_dir / CHECKPOINT_FILE, generator=generator,
+        extra=extra, kind="diffusion", ema=ema, save_every=save_every, log_every=log_every,
+        grad_clip=grad_clip, on_log=on_log, description=f"diffusion[{kind}]")
+    save_checkpoint(run_dir / MODEL_FILE, {"kind": "diffusion-model", "weights": ema.model.state_dict(),
+                                           "step": result.step, **extra})
+    return load_diffusion_model(run_dir, device), result

@@ -1,0 +1,182 @@
+"""Gaussian diffusion over trajectory segments: eps-prediction training, DDPM / DDIM sampling with inpainting
+of known states, and value guidance (Diffuser) for reward-steered planning."""
+
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import nn
+
+from relreward_cli.diffusion.schedule import NoiseSchedule
+from relreward_cli.errors import UserError
+
+Conditions = dict[int, torch.Tensor]
+SAMPLERS = ("ddpm", "ddim")
+
+
+def apply_conditioning(x: torch.Tensor, conditions: Conditions | None, action_dim: int) -> torch.Tensor:
+    """Inpaint known states: a copy of `x` (B, H, D) with `x[:, index, action_dim:] = state` for every
+    `index: state` in `conditions` (index may be negative, e.g. -1 for the goal; state `(B, obs_dim)` or
+    `(obs_dim,)`). Returns `x` itself when there are no conditions."""
+    if not conditions:
+        return x
+    horizon, obs_dim = x.shape[1], x.shape[2] - action_dim
+    x = x.clone()
+    for index, state in conditions.items():
+        if not -horizon <= index < horizon or state.shape[-1] != obs_dim:
+            raise UserError(f"Condition at step {index} has shape {tuple(state.shape)}, but segments have "
+                            f"{horizon} steps and {obs_dim} observation dimensions; give observations "
+                            f"shaped (batch, {obs_dim}) at steps in [-{horizon}, {horizon - 1}].")
+        x[:, index, action_dim:] = state.to(x)
+    return x
+
+
+class Guide(Protocol):
+    """What `GaussianDiffusion.sample` needs for value guidance.
+
+    `gradient(x (B, H, D), t (B,))` returns the value `(B,)` and its gradient w.r.t. `x` `(B, H, D)` (it is
+    called with autograd enabled). `scale` multiplies the step, `n_guide_steps` gradient steps are taken per
+    DDPM step, gradients are zeroed where `t < t_stopgrad`, and `scale_grad_by_std` multiplies them by the
+    DDPM posterior variance.
+    """
+
+    scale: float
+    n_guide_steps: int
+    t_stopgrad: int
+    scale_grad_by_std: bool
+
+    def gradient(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class SampleOutput(NamedTuple):
+    """`x` (B, H, D) the samples; `values` (B,) the guide's values at the last step (None unguided);
+    `chain` (B, n_sample_steps + 1, H, D) from the initial noise to `x` (None unless asked for)."""
+
+    x: torch.Tensor
+    values: torch.Tensor | None
+    chain: torch.Tensor | None
+
+
+class GaussianDiffusion(nn.Module):
+    """A noise-predicting network `model(x_t (B, H, D), t (B,)) -> eps (B, H, D)` with its noise schedule.
+
+    Segments are `(B, horizon, transition_dim)`, the first `action_dim` entries of each step being actions.
+    With `clip_denoised`, every predicted `x_0` is clipped to `[-1, 1]` (the range of normalized data) and
+    the noise estimate is made consistent with the clipped `x_0`.
+    """
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule, horizon: int, transition_dim: int,
+                 action_dim: int = 0, clip_denoised: bool = True):
+        super().__init__()
+        if not 0 <= action_dim < transition_dim:
+            raise UserError(f"action_dim={action_dim} must be in [0, transition_dim={transition_dim}): the "
+                            "observation block starts after the actions and cannot be empty.")
+        self.model, self.schedule = model, schedule
+        self.horizon, self.transition_dim, self.action_dim = horizon, transition_dim, action_dim
+        self.clip_denoised = clip_denoised
+
+    @property
+    def device(self) -> torch.device:
+        return self.schedule.betas.device
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's noise estimate `(B, H, D)` for `x_t` `(B, H, D)` at steps `t` `(B,)`."""
+        return self.model(x_t, t)
+
+    def loss(self, x0: torch.Tensor, conditions: Conditions | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Eps-prediction MSE for clean segments `x0` `(B, H, D)` at uniformly drawn steps (scalar).
+
+        Conditioned entries are inpainted into `x_t` with their clean values, as in sampling; they carry no
+        noise to predict, so they are excluded from the mean.
+        """
+        t = torch.randint(0, self.schedule.n_steps, (x0.shape[0],), generator=generator, device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = apply_conditioning(self.schedule.add_noise(x0, eps, t), conditions, self.action_dim)
+        free = torch.ones_like(x0[0])
+        for index in conditions or {}:
+            free[index, self.action_dim:] = 0
+        return ((self.predict_eps(x_t, t) - eps) ** 2 * free).sum() / (free.sum() * x0.shape[0])
+
+    def _x0_and_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x_0` implied by `eps`, clipped if `clip_denoised` (then `eps` recomputed to match)."""
+        x0 = self.schedule.predict_x0(x_t, eps, t)
+        if not self.clip_denoised:
+            return x0, eps
+        x0 = x0.clamp(-1.0, 1.0)
+        return x0, self.schedule.predict_eps(x_t, x0, t)
+
+    @staticmethod
+    def _guide_gradient(guide: Guide, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's values `(B,)` and gradients `(B, H, D)`, zeroed where `t < guide.t_stopgrad`."""
+        with torch.enable_grad():
+            values, grad = guide.gradient(x, t)
+        return values.detach(), torch.where((t >= guide.t_stopgrad)[:, None, None], grad.detach(), 0.0)
+
+    def _ddpm_step(self, x: torch.Tensor, t: torch.Tensor, conditions: Conditions | None, guide: Guide | None,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Ancestral step `x_t -> x_{t-1}`. Value guidance as in Diffuser's `n_step_guided_p_sample`: `x_t` is
+        moved `n_guide_steps` times by `scale * grad` (times the posterior variance if `scale_grad_by_std`),
+        re-inpainting after each move, and the posterior mean is taken at the moved `x_t`."""
+        values = None
+        if guide is not None:
+            variance = self.schedule.posterior_variance[t][:, None, None]
+            for _ in range(guide.n_guide_steps):
+                values, grad = self._guide_gradient(guide, x, t)
+                step = variance * grad if guide.scale_grad_by_std else grad
+                x = apply_conditioning(x + guide.scale * step, conditions, self.action_dim)
+        x0, _ = self._x0_and_eps(x, t, self.predict_eps(x, t))
+        mean, variance = self.schedule.posterior_mean_variance(x0, x, t)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return mean + variance.sqrt() * noise, values
+
+    def _ddim_step(self, x: torch.Tensor, t: torch.Tensor, t_prev: int, eta: float, guide: Guide | None,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """DDIM step `x_t -> x_{t_prev}` (`t_prev = -1`: to `x_0`). Guidance is classifier guidance in eps
+        form, `eps <- eps - scale * sigma_t * grad`, one gradient per step (`n_guide_steps` and
+        `scale_grad_by_std` apply to DDPM only)."""
+        eps, values = self.predict_eps(x, t), None
+        if guide is not None:
+            values, grad = self._guide_gradient(guide, x, t)
+            eps = eps - guide.scale * self.schedule.sigmas[t][:, None, None] * grad
+        x0, eps = self._x0_and_eps(x, t, eps)
+        alpha_bar = self.schedule.alpha_bars[t[0]]
+        alpha_bar_prev = self.schedule.alpha_bars[t_prev] if t_prev >= 0 else alpha_bar.new_tensor(1.0)
+        std = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
+        x_prev = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - std**2).clamp(min=0).sqrt() * eps
+        if eta > 0:
+            x_prev = x_prev + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x_prev, values
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, conditions: Conditions | None = None, sampler: str = "ddpm",
+               n_sample_steps: int | None = None, eta: float = 0.0, generator: torch.Generator | None = None,
+               guide: Guide | None = None, return_chain: bool = False) -> SampleOutput:
+        """Draw `batch_size` segments, inpainting `conditions` at every step.
+
+        `sampler="ddpm"` runs all `n_steps` ancestral steps; `sampler="ddim"` runs `n_sample_steps` (default
+        all) evenly spaced steps with stochasticity `eta` (0: deterministic given the initial noise). All
+        randomness comes from `generator` (on the model's device), so a seed reproduces the samples; a guide
+        with `scale=0` gives exactly the unguided samples.
+        """
+        if sampler not in SAMPLERS:
+            raise UserError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}.")
+        if sampler == "ddpm" and n_sample_steps not in (None, self.schedule.n_steps):
+            raise UserError(f"The DDPM sampler runs all {self.schedule.n_steps} diffusion steps; to sample "
+                            f"with {n_sample_steps} steps use sampler='ddim'.")
+        timesteps = self.schedule.sampling_timesteps(n_sample_steps).tolist()
+        shape = (batch_size, self.horizon, self.transition_dim)
+        x = apply_conditioning(torch.randn(shape, generator=generator, device=self.device), conditions,
+                               self.action_dim)
+        chain, values = [x], None
+        for i, step in enumerate(timesteps):
+            t = torch.full((batch_size,), step, device=self.device, dtype=torch.long)
+            if sampler == "ddpm":
+                x, values = self._ddpm_step(x, t, conditions, guide, generator)
+            else:
+                t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+                x, values = self._ddim_step(x, t, t_prev, eta, guide, generator)
+            x = apply_conditioning(x, conditions, self.action_dim)
+            if return_chain:
+                chain.append(x)
+        return SampleOutput(x, values, torch.stack(chain, dim=1) if return_chain else None)

@@ -1,0 +1,44 @@
+"""Environments by name: which simulator, which maze, how long an episode runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import gymnasium_robotics
+
+from relreward_cli.errors import UserError
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """One named environment: its Gymnasium id, episode length (steps) and, for Maze2D, its maze key."""
+
+    gym_id: str
+    max_episode_steps: int
+    maze: str | None = None
+
+
+ENVIRONMENTS: dict[str, EnvironmentSpec] = {
+    "maze2d_umaze": EnvironmentSpec("PointMaze_UMaze-v3", 300, maze="umaze"),
+    "maze2d_medium": EnvironmentSpec("PointMaze_Medium-v3", 600, maze="medium"),
+    "maze2d_large": EnvironmentSpec("PointMaze_Large-v3", 800, maze="large"),
+}
+
+
+def maze_environment(maze: str) -> EnvironmentSpec:
+    """The Maze2D entry of `ENVIRONMENTS` for a maze key (umaze, medium, large)."""
+    specs = {spec.maze: spec for spec in ENVIRONMENTS.values() if spec.maze is not None}
+    if maze not in specs:
+        raise UserError(f"Unknown maze '{maze}'. Choose one of: {', '.join(specs)}.")
+    return specs[maze]
+
+
+def make_maze_env(maze: str, max_episode_steps: int | None = None, **kwargs) -> gym.Env:
+    """PointMaze for a maze key with a fixed goal (`continuing_task=True, reset_target=False`): episodes
+    never terminate and are truncated after `max_episode_steps` (default: the entry's). `kwargs` go to
+    `gym.make`."""
+    spec = maze_environment(maze)
+    gym.register_envs(gymnasium_robotics)
+    return gym.make(spec.gym_id, continuing_task=True, reset_target=False,
+                    max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs)

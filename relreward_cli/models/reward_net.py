@@ -1,0 +1,43 @@
+"""Time-conditioned scalar reward network `r(x_t, t)` (the shape of Diffuser's value function)."""
+
+import torch
+from torch import nn
+
+from relreward_cli.models.unet import (
+    DownPath,
+    ResidualTemporalBlock,
+    check_architecture,
+    check_segment,
+    time_mlp,
+)
+
+
+class RewardNet(nn.Module):
+    """Scalar reward of a noised segment: the temporal U-Net's down path, then a flattening MLP.
+
+    The down path (two residual temporal blocks per level, horizon halved between levels) is followed by a
+    block that shrinks the channels 4x; its output is flattened, concatenated with the time embedding and
+    mapped to a scalar by a 2-layer MLP. Smooth (Mish, GroupNorm) so that `grad_x r` is differentiable again,
+    as the extraction loss needs. `forward(x (B, H, D), t (B,)) -> (B,)`.
+    """
+
+    def __init__(self, horizon: int, transition_dim: int, dim: int = 32,
+                 dim_mults: tuple[int, ...] = (1, 2, 4), kernel_size: int = 5):
+        super().__init__()
+        check_architecture(horizon, dim_mults, kernel_size)
+        self.horizon, self.transition_dim = horizon, transition_dim
+        channels = [dim * m for m in dim_mults]
+        self.time_mlp = time_mlp(dim)
+        self.down = DownPath(transition_dim, channels, dim, kernel_size)
+        mid_channels = max(channels[-1] // 4, 1)
+        self.mid = ResidualTemporalBlock(channels[-1], mid_channels, dim, kernel_size)
+        features = mid_channels * horizon // 2 ** (len(channels) - 1)
+        self.head = nn.Sequential(nn.Linear(features + dim, features // 2 + 1), nn.Mish(),
+                                  nn.Linear(features // 2 + 1, 1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        check_segment(x, self.horizon, self.transition_dim)
+        emb = self.time_mlp(t)
+        h, _ = self.down(x.transpose(1, 2), emb)
+        h = self.mid(h, emb).flatten(1)
+        return self.head(torch.cat([h, emb], dim=-1)).squeeze(-1)

@@ -1,0 +1,106 @@
+"""Matplotlib figures a person would rather look at than read: plans on the maze, reward heatmaps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+WALL_COLOR = "#3b3b3b"
+
+
+def draw_maze(ax: plt.Axes, geometry, resolution: float = 0.02) -> None:
+    """Draw the maze's walls (from ``geometry.in_wall``) in world coordinates on ``ax``."""
+    xmin, xmax, ymin, ymax = geometry.bounds()
+    xs = np.arange(xmin, xmax, resolution) + resolution / 2
+    ys = np.arange(ymin, ymax, resolution) + resolution / 2
+    gx, gy = np.meshgrid(xs, ys)
+    walls = geometry.in_wall(np.stack([gx.ravel(), gy.ravel()], -1)).reshape(gx.shape)
+    ax.imshow(np.ma.masked_where(~walls, walls), origin="lower", extent=(xmin, xmax, ymin, ymax),
+              cmap=matplotlib.colors.ListedColormap([WALL_COLOR]), interpolation="nearest", zorder=3)
+    ax.set_xlim(xmin, xmax)
+    ax.set_ylim(ymin, ymax)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_maze_plans(geometry, plans_xy: np.ndarray, goal_xy: Sequence[float] | None, path: Path,
+                    title: str = "") -> Path:
+    """Draw plans ``(N, horizon, 2)`` (world x, y) on the maze, start dots and the goal star."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    draw_maze(ax, geometry)
+    colors = plt.cm.viridis(np.linspace(0, 1, plans_xy.shape[1]))
+    for plan in plans_xy:
+        ax.plot(plan[:, 0], plan[:, 1], color="0.6", lw=0.6, zorder=1)
+        ax.scatter(plan[:, 0], plan[:, 1], c=colors, s=4, zorder=2)
+        ax.scatter(plan[0, 0], plan[0, 1], c="white", edgecolors="k", s=18, zorder=4)
+    if goal_xy is not None:
+        ax.scatter([goal_xy[0]], [goal_xy[1]], marker="*", c="red", s=160, edgecolors="k", zorder=5)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _standardize(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    free = values[mask]
+    out = (values - free.mean()) / (free.std() + 1e-12)
+    return np.where(mask, out, np.nan)
+
+
+def plot_reward_maps(geometry, xs: np.ndarray, ys: np.ndarray, learned: np.ndarray, truth: np.ndarray,
+                     free_mask: np.ndarray, t_values: Sequence[int], correlations: Sequence[float],
+                     goal_xy: Sequence[float], path: Path) -> Path:
+    """One row per diffusion time: learned reward | ground truth | difference, standardized over free space.
+
+    Args:
+        xs, ys: grid coordinates (world units), ``learned`` is ``(len(t_values), len(ys), len(xs))``,
+            ``truth`` and ``free_mask`` are ``(len(ys), len(xs))``.
+    """
+    rows = len(t_values)
+    fig, axes = plt.subplots(rows, 3, figsize=(10, 3.2 * rows), squeeze=False)
+    extent = (xs[0], xs[-1], ys[0], ys[-1])
+    truth_z = _standardize(truth, free_mask)
+    for row, (t, rho) in enumerate(zip(t_values, correlations, strict=True)):
+        learned_z = _standardize(learned[row], free_mask)
+        panels = [(learned_z, f"learned reward, t={t} (Pearson {rho:.3f})", "viridis"),
+                  (truth_z, "ground truth: -geodesic distance", "viridis"),
+                  (learned_z - truth_z, "learned - truth (standardized)", "coolwarm")]
+        for ax, (image, title, cmap) in zip(axes[row], panels, strict=True):
+            lim = np.nanmax(np.abs(image)) if cmap == "coolwarm" else None
+            im = ax.imshow(image, origin="lower", extent=extent, cmap=cmap, interpolation="nearest",
+                           vmin=-lim if lim else None, vmax=lim)
+            draw_maze(ax, geometry)
+            ax.scatter([goal_xy[0]], [goal_xy[1]], marker="*", c="red", s=120, edgecolors="k", zorder=5)
+            ax.set_title(title, fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)
+
+
+def plot_curve(steps: Sequence[float], series: dict[str, Sequence[float]], path: Path, xlabel: str,
+               ylabel: str, title: str = "", logy: bool = False) -> Path:
+    """Line plot of one or more named series against ``steps``."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, values in series.items():
+        ax.plot(steps, values, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,89 @@
+"""Training a reward network on the score difference of two frozen diffusion models, and its files.
+
+A finished ``extract`` run folder holds ``reward.pt``: the reward network's weights, its architecture,
+the shared normalizer and the diffusion spec of the pair it was extracted from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relreward_cli.data.normalizer import Normalizer
+from relreward_cli.data.pairs import SegmentPair
+from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion, check_compatible
+from relreward_cli.diffusion.schedule import NoiseSchedule
+from relreward_cli.errors import UserError
+from relreward_cli.models.reward_net import RewardNet
+from relreward_cli.reward.extraction import extraction_loss, loss_by_t_band, noised_batch
+from relreward_cli.training import TrainResult, load_checkpoint, save_checkpoint, train_loop
+
+REWARD_FILE = "reward.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainedReward:
+    """A loaded ``reward.pt``: the network (eval mode), the diffusion spec and normalizer of its space."""
+
+    net: RewardNet
+    spec: DiffusionSpec
+    normalizer: Normalizer
+    schedule: NoiseSchedule
+    info: dict[str, Any]
+    path: Path
+
+
+def load_reward_model(path: Path, device: str | torch.device = "cpu") -> TrainedReward:
+    """Load a finished reward network from an ``extract`` run folder or a ``reward.pt``."""
+    path = Path(path)
+    file = path / REWARD_FILE if path.is_dir() or not path.suffix else path
+    if not file.is_file():
+        raise UserError(f"No extracted reward at {file}. Run `relreward extract` (or `relreward pipeline`) "
+                        "first, or pass the run folder of a finished extraction.")
+    payload = load_checkpoint(file, kind="reward-model", map_location=device)
+    spec = DiffusionSpec.from_dict(payload["spec"])
+    net = RewardNet(spec.horizon, spec.transition_dim, **payload["architecture"]).to(device)
+    net.load_state_dict(payload["weights"])
+    net.eval().requires_grad_(False)
+    return TrainedReward(net, spec, Normalizer.from_state_dict(payload["normalizer"]),
+                         NoiseSchedule(spec.n_steps, spec.schedule), payload["info"], file)
+
+
+def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: SegmentPair, run_dir: Path, *,
+                 dim: int, dim_mults: tuple[int, ...], n_steps: int, batch_size: int, lr: float,
+                 grad_clip: float, save_every: int, log_every: int, generator: torch.Generator,
+                 device: torch.device, info: dict[str, Any], on_log=None) -> tuple[TrainedReward, TrainResult]:
+    """Fit ``r_phi`` so that ``sigma_t grad_x r_phi(x_t, t) = -(eps_expert - eps_base)(x_t, t)``.
+
+    ``x_t`` are segments drawn half from the base and half from the expert data, noised at uniform ``t``.
+    Resumes from ``run_dir/checkpoint.pt``; writes ``run_dir/reward.pt`` atomically at the end.
+    """
+    check_compatible(base, expert)
+    run_dir = Path(run_dir)
+    architecture = {"dim": dim, "dim_mults": tuple(dim_mults)}
+    net = RewardNet(base.spec.horizon, base.spec.transition_dim, **architecture).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    base_data, expert_data = segments.base.to(device), segments.expert.to(device)
+    schedule = base.diffusion.schedule
+    half = batch_size // 2
+
+    def loss_fn():
+        x0 = torch.cat([base_data.sample(half, generator), expert_data.sample(batch_size - half, generator)])
+        x_t, t = noised_batch(x0, schedule)
+        loss, per_sample = extraction_loss(net, base.diffusion, expert.diffusion, x_t, t)
+        return loss, loss_by_t_band(per_sample, t, schedule.n_steps)
+
+    extra = {"spec": asdict(base.spec), "architecture": architecture,
+             "normalizer": base.normalizer.state_dict(),
+             "info": {**info, "base_model": str(base.path), "expert_model": str(expert.path)}}
+    result = train_loop(model=net, loss_fn=loss_fn, optimizer=optimizer, n_steps=n_steps,
+                        checkpoint_path=run_dir / CHECKPOINT_FILE, generator=generator, extra=extra,
+                        kind="reward", save_every=save_every, log_every=log_every, grad_clip=grad_clip,
+                        on_log=on_log, description="extract")
+    save_checkpoint(run_dir / REWARD_FILE, {"kind": "reward-model", "weights": net.state_dict(),
+                                            "step": result.step, **extra})
+    return load_reward_model(run_dir, device), result

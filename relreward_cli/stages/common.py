@@ -1,0 +1,44 @@
+"""What every stage needs from its config: run folder, data root, device, seeds, the tracker hook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from relreward_cli.diffusion.artifact import DiffusionSpec
+from relreward_cli.envs.maze import MazeGeometry
+from relreward_cli.errors import UserError
+from relreward_cli.tracking import RunTracker
+
+
+def hydra_run_dir() -> Path:
+    """The output folder Hydra picked for this job (``hydra.run.dir`` or the sweep's subfolder)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def data_root(cfg: DictConfig) -> Path:
+    """Absolute Minari root of generated datasets (``data_dir``)."""
+    return Path(cfg.data_dir).expanduser().resolve()
+
+
+def diffusion_spec(cfg: DictConfig, obs_dim: int, act_dim: int) -> DiffusionSpec:
+    return DiffusionSpec(horizon=cfg.horizon, obs_dim=obs_dim, act_dim=act_dim, use_actions=cfg.use_actions,
+                         dim=cfg.model.dim, dim_mults=tuple(cfg.model.dim_mults), n_steps=cfg.diffusion.n_steps,
+                         schedule=cfg.diffusion.schedule, clip_denoised=cfg.diffusion.clip_denoised)
+
+
+def maze_goal(cfg: DictConfig) -> tuple[MazeGeometry, np.ndarray]:
+    """The maze of a Maze2D env config and the expert's goal (world x, y)."""
+    if cfg.env.family != "maze2d":
+        raise UserError(f"env={cfg.env.name} is not a Maze2D environment; this step needs env=maze2d_*.")
+    geometry = MazeGeometry.from_name(cfg.env.maze)
+    return geometry, geometry.cell_to_xy(np.asarray(geometry.check_free(tuple(cfg.env.goal_cell))))
+
+
+def log_to(tracker: RunTracker, prefix: str):
+    """An ``on_log`` callback for :func:`relreward_cli.training.train_loop` that prefixes metric names."""
+    return lambda scalars, step: tracker.log({f"{prefix}/{k}": v for k, v in scalars.items()}, step)

@@ -1,0 +1,203 @@
+"""One training loop for every network here (diffusion models and reward networks).
+
+It owns what must be right everywhere: atomic checkpoints every ``save_every`` steps and at the end,
+resuming a killed run from its last checkpoint (weights, EMA, optimizer, step and every RNG state,
+so an interrupted run ends with the same weights as an uninterrupted one), a stop with the step
+number when the loss stops being finite, a progress bar and throughput logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from relreward_cli.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "relreward-checkpoint-v1"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator for data sampling seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} was asked for but no CUDA GPU is visible; use device=cpu or device=auto.")
+    return torch.device(device)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` through a temporary file and an atomic rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`, refusing files that are not ours.
+
+    Args:
+        kind: when given, the checkpoint's ``kind`` entry (``"diffusion"``, ``"reward"``) must match.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"No checkpoint at {path}. Check the path, or run the stage that writes it first.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise UserError(f"{path} could not be read as a relreward checkpoint ({err}). It is corrupt or "
+                        "not a torch file; delete it and re-run the stage that writes it.") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a relreward checkpoint (no '{CHECKPOINT_FORMAT}' marker). Pass a file "
+                        "written by `relreward train-diffusion` or `relreward extract`.")
+    if kind is not None and payload.get("kind") != kind:
+        raise UserError(f"{path} holds a '{payload.get('kind')}' checkpoint where a '{kind}' one is needed; "
+                        "check which run folder you passed.")
+    return payload
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "data": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainResult:
+    step: int
+    final_loss: float
+    steps_per_s: float
+    resumed_from: int
+    peak_memory_mb: float
+
+
+def train_loop(
+    *,
+    model: torch.nn.Module,
+    loss_fn: Callable[[], tuple[torch.Tensor, dict[str, float]]],
+    optimizer: torch.optim.Optimizer,
+    n_steps: int,
+    checkpoint_path: Path,
+    generator: torch.Generator,
+    extra: dict[str, Any],
+    kind: str,
+    ema: Any | None = None,
+    save_every: int = 1000,
+    log_every: int = 100,
+    grad_clip: float | None = 1.0,
+    on_log: Callable[[dict[str, float], int], None] | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Run ``n_steps`` optimizer steps of ``loss_fn``, resuming from ``checkpoint_path`` if it exists.
+
+    Args:
+        model: the trained module (its ``state_dict`` is checkpointed).
+        loss_fn: draws its own batch (from ``generator``) and returns ``(loss, scalars to log)``.
+        generator: the data-sampling generator; its state is checkpointed with all the others.
+        extra: saved into every checkpoint as is (config, normalizer, shapes), for the loaders.
+        kind: checkpoint kind (``"diffusion"`` or ``"reward"``), checked when loading.
+        ema: an object with ``update(model)`` and ``state_dict()/load_state_dict()`` (optional).
+        on_log: called with ``(averaged scalars, step)`` every ``log_every`` steps and at the end.
+    Raises:
+        NonFiniteLossError: the loss was NaN/inf; nothing is saved after the last good checkpoint.
+    """
+    device = next(model.parameters()).device
+    step = 0
+    if Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path, kind=kind, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        _set_rng_state(state["rng"], generator)
+        step = state["step"]
+        log.info("Resuming %s from %s at step %d", description, checkpoint_path, step)
+    resumed_from = step
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_path, {
+            "kind": kind, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "rng": _rng_state(generator), **extra,
+        })
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    window: dict[str, list[float]] = {}
+    loss_value = float("nan")
+    start, start_step = time.perf_counter(), step
+    model.train()
+    with tqdm(total=n_steps, initial=step, desc=description, dynamic_ncols=True, mininterval=1.0) as bar:
+        while step < n_steps:
+            loss, scalars = loss_fn()
+            loss_value = loss.item()
+            if not np.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"The {description} loss became {loss_value} at step {step + 1}. The last good checkpoint "
+                    f"is {checkpoint_path} (step {(step // save_every) * save_every}); lower the learning "
+                    "rate or check the data for NaNs, then run the same command again to resume.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            bar.update(1)
+            for key, value in {"loss": loss_value, **scalars}.items():
+                window.setdefault(key, []).append(float(value))
+            if step % log_every == 0 or step == n_steps:
+                averaged = {k: float(np.mean(v)) for k, v in window.items()}
+                averaged["steps_per_s"] = (step - start_step) / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{averaged['loss']:.4f}")
+                if on_log is not None:
+                    on_log(averaged, step)
+                window.clear()
+            if step % save_every == 0 or step == n_steps:
+                checkpoint()
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _cpu_peak_rss_mb()
+    return TrainResult(step=step, final_loss=loss_value, steps_per_s=(step - start_step) / elapsed,
+                       resumed_from=resumed_from, peak_memory_mb=peak)
+
+
+def _cpu_peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from relreward_cli.envs.maze import MAZE_MAPS, MazeGeometry, WaypointController
+from relreward_cli.envs.registry import make_maze_env
+from relreward_cli.errors import UserError
+
+UMAZE = MazeGeometry.from_name("umaze")
+GOAL = (1, 1)  # top-left end of the U; the bottom-left end (3, 1) is the far end
+
+
+def test_umaze_map_is_the_literal_one():
+    expected = [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]]
+    assert MAZE_MAPS["umaze"].tolist() == expected
+
+
+def test_umaze_bfs_distances_by_hand():
+    inf = np.inf
+    expected = [
+        [inf, inf, inf, inf, inf],
+        [inf, 0, 1, 2, inf],
+        [inf, inf, inf, 3, inf],
+        [inf, 6, 5, 4, inf],
+        [inf, inf, inf, inf, inf],
+    ]
+    np.testing.assert_array_equal(UMAZE.cell_distances(GOAL), expected)
+    assert UMAZE.shortest_path((3, 1), GOAL) == [(3, 1), (3, 2), (3, 3), (2, 3), (1, 3), (1, 2), (1, 1)]
+    with pytest.raises(UserError, match="free cell"):
+        UMAZE.cell_distances((2, 1))
+
+
+@pytest.mark.parametrize("maze", ["umaze", "large"])
+def test_cell_conversions_match_the_env(maze):
+    geometry, env = MazeGeometry.from_name(maze), make_maze_env(maze)
+    env_maze = env.unwrapped.maze
+    cells = geometry.free_cells()
+    np.testing.assert_allclose(geometry.cell_to_xy(cells), [env_maze.cell_rowcol_to_xy(c) for c in cells])
+    xmin, xmax, ymin, ymax = geometry.bounds()
+    points = np.random.default_rng(0).uniform([xmin, ymin], [xmax, ymax], size=(500, 2))
+    env_cells = [env_maze.cell_xy_to_rowcol(point) for point in points]
+    np.testing.assert_array_equal(geometry.xy_to_cell(points), env_cells)
+    np.testing.assert_array_equal(geometry.xy_to_cell(geometry.cell_to_xy(cells)), cells)
+    env.close()
+
+
+def test_in_wall_on_known_points():
+    points = np.array([[-1, 1], [-1, 0], [0, 0], [1, 0], [0.4, -1.4], [-2.2, 0.9], [3, 0]], dtype=float)
+    # free end, inner wall (2, 1), inner wall (2, 2), right arm, bottom arm, outer wall (1, 0), outside
+    np.testing.assert_array_equal(UMAZE.in_wall(points), [False, True, True, False, False, True, True])
+    assert UMAZE.bounds() == (-2.5, 2.5, -2.5, 2.5)
+
+
+def test_distance_field_is_geodesic():
+    goal_xy = UMAZE.cell_to_xy(np.array(GOAL))
+    xs, ys, dist, free = UMAZE.distance_field(goal_xy, resolution=0.05)
+    assert dist.shape == free.shape == (len(ys), len(xs)) == (100, 100)
+    grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+    np.testing.assert_array_equal(free.ravel(), ~UMAZE.in_wall(grid))
+    assert np.isnan(dist[~free]).all() and np.isfinite(dist[free]).all()
+
+    def at(x, y):
+        return dist[np.abs(ys - y).argmin(), np.abs(xs - x).argmin()]
+
+    assert at(*goal_xy) < 0.05
+    # straight line along the top arm, then around the inner wall's corners (0.5, +-0.5) from the far end
+    assert at(1.025, 0.975) == pytest.approx(np.hypot(2.05, 0.05), rel=0.02)
+    far = np.hypot(1.525, 0.525) + 1.0 + np.hypot(1.525, 0.475)
+    assert far <= at(-1.025, -1.025) <= 1.06 * far
+    along_path = np.array([at(*UMAZE.cell_to_xy(np.array(c))) for c in UMAZE.shortest_path((3, 1), GOAL)])
+    assert (np.diff(along_path) < 0.1).all() and (along_path[:-2] - along_path[2:] > 0.5).all()
+    with pytest.raises(UserError, match="wall"):
+        UMAZE.distance_field(np.array([0.0, 0.0]))
+
+
+def test_controller_drives_the_env_to_the_goal():
+    env = make_maze_env("umaze", max_episode_steps=400)
+    obs, _ = env.reset(seed=0, options={"reset_cell": np.array([3, 1]), "goal_cell": np.array(GOAL)})
+    controller, goal_xy = WaypointController(UMAZE), UMAZE.cell_to_xy(np.array(GOAL))
+    positions = [obs["observation"][:2]]
+    for _ in range(400):
+        obs, *_ = env.step(controller(obs["observation"], goal_xy))
+        positions.append(obs["observation"][:2])
+    positions = np.array(positions)
+    distances = np.linalg.norm(positions - goal_xy, axis=1)
+    assert distances[0] > 1.5 and not UMAZE.in_wall(positions).any()
+    assert np.argmax(distances < 0.1) < 250  # reaches the goal along the U ...
+    assert (distances[300:] < 0.02).all()  # ... and hovers there
+    assert positions[:, 0].max() > 0.5  # it went around the inner wall, through the right arm
+    env.close()
