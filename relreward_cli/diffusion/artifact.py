@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -75,6 +75,10 @@ class TrainedDiffusion:
     info: dict[str, Any]
     path: Path
 
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.diffusion.schedule
+
 
 def model_file(path: Path) -> Path:
     """``path`` itself if it is a file, else ``path/model.pt`` (a run folder)."""
@@ -97,17 +101,33 @@ def load_diffusion_model(path: Path, device: str | torch.device = "cpu") -> Trai
                             payload["info"], file)
 
 
-def check_compatible(base: TrainedDiffusion, expert: TrainedDiffusion) -> None:
-    """Refuse a base/expert pair whose scores cannot be subtracted: shapes, normalizer, schedule must agree."""
+class ModelSpace(Protocol):
+    """What fixes the space a model lives in (:class:`TrainedDiffusion` and the reward's ``TrainedReward``)."""
+
+    spec: DiffusionSpec
+    normalizer: Normalizer
+    schedule: NoiseSchedule
+    path: Path
+
+
+def space_mismatches(a: ModelSpace, b: ModelSpace, names: tuple[str, str]) -> list[str]:
+    """How two models' spaces differ (empty when they agree): shapes, noise schedule, normalizer."""
     problems = []
     for field in ("horizon", "obs_dim", "act_dim", "use_actions", "n_steps", "schedule"):
-        a, b = getattr(base.spec, field), getattr(expert.spec, field)
-        if a != b:
-            problems.append(f"{field}: base {a} vs expert {b}")
-    if not base.diffusion.schedule.matches(expert.diffusion.schedule):
+        value_a, value_b = getattr(a.spec, field), getattr(b.spec, field)
+        if value_a != value_b:
+            problems.append(f"{field}: {names[0]} {value_a} vs {names[1]} {value_b}")
+    if not a.schedule.matches(b.schedule):
         problems.append("noise schedules differ")
-    if not base.normalizer.matches(expert.normalizer):
-        problems.append("normalizers differ (the two models were trained in different normalized spaces)")
+    if not a.normalizer.matches(b.normalizer):
+        problems.append(f"normalizers differ (the {names[0]} and the {names[1]} were trained in different "
+                        "normalized spaces)")
+    return problems
+
+
+def check_compatible(base: TrainedDiffusion, expert: TrainedDiffusion) -> None:
+    """Refuse a base/expert pair whose scores cannot be subtracted: shapes, normalizer, schedule must agree."""
+    problems = space_mismatches(base, expert, ("base", "expert"))
     if problems:
         raise UserError(
             f"The base model {base.path} and the expert model {expert.path} disagree: {'; '.join(problems)}. "

@@ -12,17 +12,19 @@ from relreward_cli.errors import UserError
 
 @dataclass(frozen=True)
 class EnvironmentSpec:
-    """One named environment: its Gymnasium id, episode length (steps) and, for Maze2D, its maze key."""
+    """One named environment: its Gymnasium id, episode length (steps), for Maze2D its maze key, and the D4RL
+    task whose published reference returns normalize its scores (`planning.scores`)."""
 
     gym_id: str
     max_episode_steps: int
     maze: str | None = None
+    d4rl_task: str | None = None
 
 
 ENVIRONMENTS: dict[str, EnvironmentSpec] = {
-    "maze2d_umaze": EnvironmentSpec("PointMaze_UMaze-v3", 300, maze="umaze"),
-    "maze2d_medium": EnvironmentSpec("PointMaze_Medium-v3", 600, maze="medium"),
-    "maze2d_large": EnvironmentSpec("PointMaze_Large-v3", 800, maze="large"),
+    "maze2d_umaze": EnvironmentSpec("PointMaze_UMaze-v3", 300, maze="umaze", d4rl_task="maze2d-umaze"),
+    "maze2d_medium": EnvironmentSpec("PointMaze_Medium-v3", 600, maze="medium", d4rl_task="maze2d-medium"),
+    "maze2d_large": EnvironmentSpec("PointMaze_Large-v3", 800, maze="large", d4rl_task="maze2d-large"),
 }
 
 
@@ -42,3 +44,20 @@ def make_maze_env(maze: str, max_episode_steps: int | None = None, **kwargs) -> 
     gym.register_envs(gymnasium_robotics)
     return gym.make(spec.gym_id, continuing_task=True, reset_target=False,
                     max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs)
+
+
+def environment(name: str) -> EnvironmentSpec:
+    """The entry of `ENVIRONMENTS` called `name` (an env config's `env.name`)."""
+    if name not in ENVIRONMENTS:
+        raise UserError(f"No simulator is registered for env '{name}'. Known environments: "
+                        f"{', '.join(ENVIRONMENTS)}; add an entry to relreward_cli/envs/registry.py for a new one.")
+    return ENVIRONMENTS[name]
+
+
+def make_env(name: str, max_episode_steps: int | None = None, **kwargs) -> gym.Env:
+    """The environment `name` (Maze2D: as `make_maze_env`), truncated after `max_episode_steps` (default:
+    the entry's)."""
+    spec = environment(name)
+    if spec.maze is not None:
+        return make_maze_env(spec.maze, max_episode_steps, **kwargs)
+    return gym.make(spec.gym_id, max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs)

@@ -21,7 +21,7 @@ def sample_maze_plans(model: TrainedDiffusion, starts_xy: np.ndarray, sampler: s
     """Plans ``(N, horizon, 2)`` in world x, y from each start ``(N, 2)`` (at rest), the start inpainted."""
     device = model.diffusion.device
     start = np.concatenate([starts_xy, np.zeros_like(starts_xy)], axis=-1)  # (x, y, vx, vy)
-    start_norm = _observation_normalize(model, start)
+    start_norm = normalize_observations(model, start)
     conditions = {0: torch.as_tensor(start_norm, dtype=torch.float32, device=device)}
     x = model.diffusion.sample(len(starts_xy), conditions, sampler=sampler, generator=generator, guide=guide).x
     return observations_of(model, x)[..., :2]
@@ -32,7 +32,7 @@ def observations_of(model: TrainedDiffusion, x: torch.Tensor) -> np.ndarray:
     return model.normalizer.unnormalize(x.detach().cpu().numpy())[..., model.spec.action_dim:]
 
 
-def _observation_normalize(model: TrainedDiffusion, observations: np.ndarray) -> np.ndarray:
+def normalize_observations(model: TrainedDiffusion, observations: np.ndarray) -> np.ndarray:
     """Normalize raw observations ``(N, obs_dim)`` with the observation block of the transition normalizer."""
     full = np.zeros((len(observations), model.spec.transition_dim), np.float32)
     full[:, model.spec.action_dim:] = observations
