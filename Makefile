@@ -29,6 +29,7 @@ lint: install
 bench: install
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_extract.py
+	$(BIN)/python scripts/bench_plan.py
 
 clean:
 	rm -rf runs outputs multirun

@@ -20,7 +20,20 @@ STAGES: dict[str, str] = {
     "make-dataset": "Generate Maze2D datasets offline in PointMaze, written in Minari's format.",
     "train-diffusion": "Train a trajectory diffusion model (temporal U-Net) on the base or expert data.",
     "extract": "Extract the relative reward from a base and an expert diffusion model; evaluate it.",
+    "steer-eval": "Roll out the base, reward-steered base and expert planners in the env; score them.",
     "pipeline": "make-dataset -> train-diffusion (base, expert) -> extract, in one command.",
+    "report": "Summarize a sweep: `relreward report <sweep folder>` -> report.md (mean ± s.e.), plots.",
+}
+
+# Launcher choices (hydra/launcher=<name>) -> the plugin module that provides them and its pip package.
+LAUNCHER_PLUGINS: dict[str, tuple[tuple[str, ...], str]] = {
+    name: (("hydra_plugins.hydra_submitit_launcher", "submitit"), "hydra-submitit-launcher")
+    for name in ("slurm", "local", "submitit_slurm", "submitit_local")
+} | {
+    "joblib": (("hydra_plugins.hydra_joblib_launcher",), "hydra-joblib-launcher"),
+    "ray": (("hydra_plugins.hydra_ray_launcher",), "hydra-ray-launcher"),
+    "ray_aws": (("hydra_plugins.hydra_ray_launcher",), "hydra-ray-launcher"),
+    "rq": (("hydra_plugins.hydra_rq_launcher",), "hydra-rq-launcher"),
 }
 
 CONFIG_DIR = Path(os.environ.get("RELREWARD_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
@@ -37,6 +50,34 @@ def _usage() -> str:
 
 def _module_name(stage: str) -> str:
     return stage.replace("-", "_")
+
+
+def launcher_problem(overrides: list[str]) -> str | None:
+    """Why the launcher chosen by ``hydra/launcher=<name>`` in ``overrides`` cannot run, or None.
+
+    Checked before Hydra starts, so a sweep whose launcher plugin is not installed fails before any job
+    is composed or submitted, with the pip command that fixes it (Hydra's own message would only say that
+    some config ``hydra/launcher/submitit_slurm`` was not found).
+    """
+    choices = [arg.split("=", 1)[1] for arg in overrides if arg.lstrip("+~").startswith("hydra/launcher=")]
+    if not choices or choices[-1] not in LAUNCHER_PLUGINS:
+        return None
+    name = choices[-1]
+    modules, package = LAUNCHER_PLUGINS[name]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            return (f"hydra/launcher={name} needs the Hydra launcher plugin '{package}', which is not "
+                    f"installed in this Python ({sys.executable}): importing {module} failed ({err}). "
+                    f"Install it with `pip install {package}` (it is a dependency of relreward, so "
+                    "`pip install -e .` in the project does it too), then launch the sweep again. No job "
+                    "was started.")
+    return None
+
+
+def launcher_given(overrides: list[str]) -> bool:
+    return any(arg.lstrip("+~").startswith("hydra/launcher=") for arg in overrides)
 
 
 def report_user_errors(stage_main: Callable) -> Callable:
@@ -63,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     stage = argv[0]
+    if stage == "report":
+        from relreward_cli.report import main as report_main
+
+        return report_main(argv[1:])
     if stage not in STAGES:
         print(f"relreward: unknown stage {stage!r}; choose one of: {', '.join(STAGES)}.\n\n{_usage()}",
               file=sys.stderr)
@@ -72,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
               "project in editable mode (`make install`) or set RELREWARD_CONFIG_DIR to its configs/ folder.",
               file=sys.stderr)
         return 2
+    problem = launcher_problem(argv[1:])
+    if problem:
+        print(f"relreward: error: {problem}", file=sys.stderr)
+        return 2
+    if launcher_given(argv[1:]) and not {"-m", "--multirun"} & set(argv[1:]):
+        print("relreward: note: hydra/launcher=... only takes effect with --multirun (-m); this single run "
+              "runs here, in this process.", file=sys.stderr)
     module = importlib.import_module(f"relreward_cli.stages.{_module_name(stage)}")
     sys.argv = [f"relreward {stage}", *argv[1:]]
     task = hydra.main(config_path=str(CONFIG_DIR), config_name=_module_name(stage), version_base=None)(

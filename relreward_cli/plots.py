@@ -34,15 +34,43 @@ def plot_maze_plans(geometry, plans_xy: np.ndarray, goal_xy: Sequence[float] | N
                     title: str = "") -> Path:
     """Draw plans ``(N, horizon, 2)`` (world x, y) on the maze, start dots and the goal star."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    _draw_trajectories(ax, geometry, plans_xy, goal_xy, title)
+    return _save(fig, path)
+
+
+def _draw_trajectories(ax: plt.Axes, geometry, paths_xy: Sequence[np.ndarray], goal_xy: Sequence[float] | None,
+                       title: str) -> None:
+    """The maze with paths (each ``(T, 2)`` world x, y) coloured by time, start dots and the goal star."""
     draw_maze(ax, geometry)
-    colors = plt.cm.viridis(np.linspace(0, 1, plans_xy.shape[1]))
-    for plan in plans_xy:
-        ax.plot(plan[:, 0], plan[:, 1], color="0.6", lw=0.6, zorder=1)
-        ax.scatter(plan[:, 0], plan[:, 1], c=colors, s=4, zorder=2)
-        ax.scatter(plan[0, 0], plan[0, 1], c="white", edgecolors="k", s=18, zorder=4)
+    for trajectory in paths_xy:
+        colors = plt.cm.viridis(np.linspace(0, 1, len(trajectory)))
+        ax.plot(trajectory[:, 0], trajectory[:, 1], color="0.6", lw=0.6, zorder=1)
+        ax.scatter(trajectory[:, 0], trajectory[:, 1], c=colors, s=4, zorder=2)
+        ax.scatter(trajectory[0, 0], trajectory[0, 1], c="white", edgecolors="k", s=18, zorder=4)
     if goal_xy is not None:
         ax.scatter([goal_xy[0]], [goal_xy[1]], marker="*", c="red", s=160, edgecolors="k", zorder=5)
     ax.set_title(title, fontsize=9)
+
+
+def plot_maze_paths(geometry, paths_xy: dict[str, Sequence[np.ndarray]], goal_xy: Sequence[float] | None,
+                    path: Path) -> Path:
+    """One maze panel per named set of executed paths (each ``(T, 2)`` world x, y), side by side."""
+    fig, axes = plt.subplots(1, len(paths_xy), figsize=(4 * len(paths_xy), 4.2), squeeze=False)
+    for ax, (name, paths) in zip(axes[0], paths_xy.items(), strict=True):
+        _draw_trajectories(ax, geometry, paths, goal_xy, name)
+    return _save(fig, path)
+
+
+def plot_episode_returns(returns: dict[str, np.ndarray], path: Path, ylabel: str = "return") -> Path:
+    """Each named set of episode returns ``(E,)`` as dots over its episode index, its mean as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for index, (name, values) in enumerate(returns.items()):
+        color = f"C{index}"
+        ax.plot(np.arange(len(values)), values, "o", ms=4, color=color, label=name)
+        ax.axhline(float(np.mean(values)), color=color, ls="--", lw=1)
+    ax.set_xlabel("episode")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

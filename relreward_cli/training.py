@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "relreward-checkpoint-v1"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
@@ -54,8 +54,18 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file (hex, first 16 characters): which exact model a derived artifact was made from."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def load_checkpoint(path: Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
@@ -148,7 +158,7 @@ def train_loop(
         _set_rng_state(state["rng"], generator)
         step = state["step"]
         log.info("Resuming %s from %s at step %d", description, checkpoint_path, step)
-    resumed_from = step
+    resumed_from = last_saved = step
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, {
@@ -167,10 +177,11 @@ def train_loop(
             loss, scalars = loss_fn()
             loss_value = loss.item()
             if not np.isfinite(loss_value):
+                saved = f"{checkpoint_path} (step {last_saved})" if last_saved else "none yet"
                 raise NonFiniteLossError(
-                    f"The {description} loss became {loss_value} at step {step + 1}. The last good checkpoint "
-                    f"is {checkpoint_path} (step {(step // save_every) * save_every}); lower the learning "
-                    "rate or check the data for NaNs, then run the same command again to resume.")
+                    f"The {description} loss became {loss_value} at step {step + 1}; the run stopped there. "
+                    f"Last good checkpoint: {saved}. Lower the learning rate or check the data for NaNs, then "
+                    "run the same command again to resume from that checkpoint.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -191,6 +202,7 @@ def train_loop(
                 window.clear()
             if step % save_every == 0 or step == n_steps:
                 checkpoint()
+                last_saved = step
     elapsed = max(time.perf_counter() - start, 1e-9)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _cpu_peak_rss_mb()
     return TrainResult(step=step, final_loss=loss_value, steps_per_s=(step - start_step) / elapsed,

@@ -94,7 +94,7 @@ def run_root(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli():
     """:func:`run_cli` as a fixture (``cli(args, cwd)``)."""
     return run_cli

@@ -139,8 +139,13 @@ def check_compatible(base: TrainedDiffusion, expert: TrainedDiffusion) -> None:
 def train_diffusion(spec: DiffusionSpec, segments: SegmentPair, kind: str, run_dir: Path, *, n_steps: int,
                     batch_size: int, lr: float, ema_decay: float, ema_start: int, grad_clip: float,
                     save_every: int, log_every: int, generator: torch.Generator, device: torch.device,
-                    info: dict[str, Any], on_log=None) -> tuple[TrainedDiffusion, TrainResult]:
+                    info: dict[str, Any], start_conditioned: float = 0.5,
+                    on_log=None) -> tuple[TrainedDiffusion, TrainResult]:
     """Train a diffusion model on ``segments[kind]``, resuming from ``run_dir/checkpoint.pt``.
+
+    A ``start_conditioned`` share of each batch is trained with its first state inpainted (as Diffuser does),
+    so that planning from a given state continues from it; the rest unconditioned, so that the model's
+    score is also that of whole segments, which reward extraction differentiates.
 
     Writes ``run_dir/model.pt`` (EMA weights + spec + normalizer + ``info``) atomically at the end and
     returns it loaded, with the loop's :class:`TrainResult`.
@@ -151,8 +156,18 @@ def train_diffusion(spec: DiffusionSpec, segments: SegmentPair, kind: str, run_d
     ema = EMA(diffusion, ema_decay, ema_start)
     optimizer = torch.optim.Adam(diffusion.parameters(), lr=lr)
     extra = {"spec": asdict(spec), "normalizer": segments.normalizer.state_dict(), "info": info}
+    n_conditioned = round(batch_size * start_conditioned)
+
+    def loss_fn() -> tuple[torch.Tensor, dict[str, float]]:
+        x0 = data.sample(batch_size, generator)
+        parts = {"start_conditioned": (x0[:n_conditioned], {0: x0[:n_conditioned, 0, spec.action_dim:]}),
+                 "unconditioned": (x0[n_conditioned:], None)}
+        losses = {name: diffusion.loss(x, conditions) for name, (x, conditions) in parts.items() if len(x)}
+        loss = sum(value * len(parts[name][0]) for name, value in losses.items()) / batch_size
+        return loss, {f"loss_{name}": value.item() for name, value in losses.items()}
+
     result = train_loop(
-        model=diffusion, loss_fn=lambda: (diffusion.loss(data.sample(batch_size, generator)), {}),
+        model=diffusion, loss_fn=loss_fn,
         optimizer=optimizer, n_steps=n_steps, checkpoint_path=run_dir / CHECKPOINT_FILE, generator=generator,
         extra=extra, kind="diffusion", ema=ema, save_every=save_every, log_every=log_every,
         grad_clip=grad_clip, on_log=on_log, description=f"diffusion[{kind}]")

@@ -5,6 +5,7 @@ from torch import nn
 
 from relreward_cli.models.unet import (
     DownPath,
+    Mish,
     ResidualTemporalBlock,
     check_architecture,
     check_segment,
@@ -32,7 +33,7 @@ class RewardNet(nn.Module):
         mid_channels = max(channels[-1] // 4, 1)
         self.mid = ResidualTemporalBlock(channels[-1], mid_channels, dim, kernel_size)
         features = mid_channels * horizon // 2 ** (len(channels) - 1)
-        self.head = nn.Sequential(nn.Linear(features + dim, features // 2 + 1), nn.Mish(),
+        self.head = nn.Sequential(nn.Linear(features + dim, features // 2 + 1), Mish(),
                                   nn.Linear(features // 2 + 1, 1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -16,7 +17,7 @@ from relreward_cli.planning.maze_plans import normalize_observations
 class PlanBatch(NamedTuple):
     """`best` `(B, H, transition_dim)`: the chosen plan per state, unnormalized (actions first when the model
     has them); `candidates` `(B, n_plans, H, transition_dim)` every sampled plan, normalized; `rewards`
-    `(B, n_plans)` their rewards `r(x_0, 0)` (None unsteered); `seconds` the wall time of the batch."""
+    `(B, n_plans)` their rewards (`RewardGuide.plan_reward`) (None unsteered); `seconds` the wall time of the batch."""
 
     best: np.ndarray
     candidates: torch.Tensor
@@ -29,8 +30,8 @@ class GuidedPlanner:
     inpainted at step 0, and keeps one per state.
 
     Unsteered (`guide=None`) it keeps the first; steered it samples with reward guidance and keeps the plan of
-    highest reward `r(x_0, 0)`. With `n_plans=1` and `guide.scale=0` the steered planner draws exactly the
-    unsteered planner's plans (same `generator` state). `sampler`, `n_sample_steps`, `eta`: as
+    highest reward (`RewardGuide.plan_reward`). With `n_plans=1` and `guide.scale=0` the steered planner draws
+    exactly the unsteered planner's plans (same `generator` state). `sampler`, `n_sample_steps`, `eta`: as
     `GaussianDiffusion.sample`.
     """
 
@@ -44,8 +45,8 @@ class GuidedPlanner:
             if problems:
                 raise UserError(
                     f"The reward {guide.reward.path} was not extracted in the space of the model {model.path}: "
-                    f"{'; '.join(problems)}. Steer the base model the reward was extracted from (its path is "
-                    f"{guide.reward.info.get('base_model', 'in the reward run folder config.yaml')}).")
+                    f"{'; '.join(problems)}. Steer the base model the reward was extracted from (recorded "
+                    f"in the reward file as {guide.reward.info.get('base_model', 'unknown')}).")
         self.model, self.guide, self.n_plans = model, guide, n_plans
         self.sampler, self.n_sample_steps, self.eta = sampler, n_sample_steps, eta
         self.generator = generator
@@ -58,7 +59,7 @@ class GuidedPlanner:
         conditions = {0: torch.as_tensor(states, dtype=torch.float32, device=diffusion.device)}
         x = diffusion.sample(len(states), conditions, sampler=self.sampler, n_sample_steps=self.n_sample_steps,
                              eta=self.eta, generator=self.generator, guide=self.guide).x
-        rewards = None if self.guide is None else self.guide.final_reward(x).view(-1, self.n_plans)
+        rewards = None if self.guide is None else self.guide.plan_reward(x).view(-1, self.n_plans)
         return x.view(len(observations), self.n_plans, *x.shape[1:]), rewards
 
     def plan(self, observations: np.ndarray) -> PlanBatch:
@@ -73,8 +74,6 @@ class GuidedPlanner:
 
 def _clock() -> float:
     """Seconds (synchronizing CUDA first, so GPU timings are honest)."""
-    import time
-
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()

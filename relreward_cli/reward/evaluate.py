@@ -3,8 +3,9 @@
 A position ``(x, y)`` becomes a trajectory segment by holding it still for the whole horizon (velocity
 0, actions 0): the reward network only takes segments, and a segment resting at one point carries
 that point's location and nothing else, so its reward is the reward of being there. At diffusion time
-``t`` the segment is scaled to ``sqrt(alpha_bar_t) x_0``, the mean of the forward process at ``t``, the
-point around which ``r(., t)`` was trained.
+``t`` the reward of a clean segment ``x_0`` is ``E_eps r(sqrt(alpha_bar_t) x_0 + sigma_t eps, t)``: ``r(., t)``
+is only trained on noised segments, so it is read where the forward process puts ``x_0`` at ``t``, averaged
+over ``noise_samples`` draws (``noise_samples=0`` reads it at the mean ``sqrt(alpha_bar_t) x_0`` alone).
 """
 
 from __future__ import annotations
@@ -35,15 +36,20 @@ def resting_segments(reward: TrainedReward, positions_xy: np.ndarray) -> torch.T
 
 
 @torch.no_grad()
-def reward_at_positions(reward: TrainedReward, positions_xy: np.ndarray, t: int,
-                        batch_size: int = 4096) -> np.ndarray:
-    """``r(sqrt(alpha_bar_t) x_0, t)`` ``(N,)`` for segments resting at ``positions_xy`` ``(N, 2)``."""
+def reward_at_positions(reward: TrainedReward, positions_xy: np.ndarray, t: int, noise_samples: int = 16,
+                        seed: int = 0, batch_size: int = 4096) -> np.ndarray:
+    """``E_eps r(sqrt(alpha_bar_t) x_0 + sigma_t eps, t)`` ``(N,)`` for segments ``x_0`` resting at
+    ``positions_xy`` ``(N, 2)``, over ``noise_samples`` noise draws (0: at the mean alone), seeded."""
     device = next(reward.net.parameters()).device
-    scale = float(reward.schedule.alpha_bars[t]) ** 0.5
+    generator = torch.Generator(device).manual_seed(seed)
+    alpha_bar = float(reward.schedule.alpha_bars[t])
     values = []
     for start in range(0, len(positions_xy), batch_size):
-        x = resting_segments(reward, positions_xy[start:start + batch_size]).to(device) * scale
-        values.append(reward.net(x, torch.full((len(x),), t, device=device, dtype=torch.long)).cpu())
+        mean = resting_segments(reward, positions_xy[start:start + batch_size]).to(device) * alpha_bar**0.5
+        steps = torch.full((len(mean),), t, device=device, dtype=torch.long)
+        draws = [mean + (1 - alpha_bar) ** 0.5 * torch.randn(mean.shape, generator=generator, device=device)
+                 for _ in range(noise_samples)] or [mean]
+        values.append(torch.stack([reward.net(x, steps) for x in draws]).mean(0).cpu())
     return torch.cat(values).numpy()
 
 
@@ -68,13 +74,16 @@ class RewardMap:
 
 
 def maze_reward_map(reward: TrainedReward, geometry: MazeGeometry, goal_xy: np.ndarray,
-                    t_values: Sequence[int], resolution: float = 0.05) -> RewardMap:
-    """Evaluate the reward over the maze on a ``resolution``-spaced grid at each ``t`` and correlate it
-    (Pearson, over reachable free space) with the negative maze-geodesic distance to ``goal_xy``."""
+                    t_values: Sequence[int], resolution: float = 0.05, noise_samples: int = 16) -> RewardMap:
+    """Evaluate the reward over the maze's reachable free space on a ``resolution``-spaced grid at each ``t``
+    (see :func:`reward_at_positions`) and correlate it (Pearson) with the negative maze-geodesic distance to
+    ``goal_xy``. Grid points in walls are NaN in ``learned`` and ``truth``."""
     xs, ys, dist, free = geometry.distance_field(np.asarray(goal_xy, dtype=np.float64), resolution)
     mask = free & np.isfinite(dist)
-    grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-    learned = np.stack([reward_at_positions(reward, grid, int(t)).reshape(len(ys), len(xs)) for t in t_values])
+    points = np.stack(np.meshgrid(xs, ys), axis=-1)[mask]
+    learned = np.full((len(t_values), len(ys), len(xs)), np.nan)
+    for layer, t in zip(learned, t_values, strict=True):
+        layer[mask] = reward_at_positions(reward, points, int(t), noise_samples)
     truth = np.where(mask, -dist, np.nan)
     correlations = [pearson(layer[mask], truth[mask]) for layer in learned]
     return RewardMap(xs, ys, learned, truth, mask, [int(t) for t in t_values], correlations)

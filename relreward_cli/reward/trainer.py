@@ -56,11 +56,13 @@ def load_reward_model(path: Path, device: str | torch.device = "cpu") -> Trained
 def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: SegmentPair, run_dir: Path, *,
                  dim: int, dim_mults: tuple[int, ...], n_steps: int, batch_size: int, lr: float,
                  grad_clip: float, save_every: int, log_every: int, generator: torch.Generator,
-                 device: torch.device, info: dict[str, Any], on_log=None) -> tuple[TrainedReward, TrainResult]:
+                 device: torch.device, info: dict[str, Any], sample_fraction: float = 0.0, sample_pool: int = 512,
+                 on_log=None) -> tuple[TrainedReward, TrainResult]:
     """Fit ``r_phi`` so that ``sigma_t grad_x r_phi(x_t, t) = -(eps_expert - eps_base)(x_t, t)``.
 
-    ``x_t`` are segments drawn half from the base and half from the expert data, noised at uniform ``t``.
-    Resumes from ``run_dir/checkpoint.pt``; writes ``run_dir/reward.pt`` atomically at the end.
+    ``x_t`` are clean segments noised at uniform ``t``: a ``sample_fraction`` of each batch comes from a pool
+    of ``sample_pool`` DDPM samples of each model (drawn once, seeded), the rest half from the base and half
+    from the expert data. Resumes from ``run_dir/checkpoint.pt``; writes ``run_dir/reward.pt`` atomically.
     """
     check_compatible(base, expert)
     run_dir = Path(run_dir)
@@ -69,15 +71,20 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     base_data, expert_data = segments.base.to(device), segments.expert.to(device)
     schedule = base.diffusion.schedule
-    half = batch_size // 2
+    n_samples = round(batch_size * sample_fraction)
+    half = (batch_size - n_samples) // 2
+    pool = model_sample_pool(base, expert, sample_pool, seed=int(info.get("seed", 0))) if n_samples else None
 
     def loss_fn():
-        x0 = torch.cat([base_data.sample(half, generator), expert_data.sample(batch_size - half, generator)])
+        parts = [base_data.sample(half, generator), expert_data.sample(batch_size - n_samples - half, generator)]
+        if pool is not None:
+            parts.append(pool[torch.randint(len(pool), (n_samples,), generator=generator).to(device)])
+        x0 = torch.cat(parts)
         x_t, t = noised_batch(x0, schedule)
         loss, per_sample = extraction_loss(net, base.diffusion, expert.diffusion, x_t, t)
         return loss, loss_by_t_band(per_sample, t, schedule.n_steps)
 
-    extra = {"spec": asdict(base.spec), "architecture": architecture,
+    extra = {"spec": asdict(base.spec), "architecture": architecture, "sample_fraction": sample_fraction,
              "normalizer": base.normalizer.state_dict(),
              "info": {**info, "base_model": str(base.path), "expert_model": str(expert.path)}}
     result = train_loop(model=net, loss_fn=loss_fn, optimizer=optimizer, n_steps=n_steps,
@@ -87,3 +94,10 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     save_checkpoint(run_dir / REWARD_FILE, {"kind": "reward-model", "weights": net.state_dict(),
                                             "step": result.step, **extra})
     return load_reward_model(run_dir, device), result
+
+
+@torch.no_grad()
+def model_sample_pool(base: TrainedDiffusion, expert: TrainedDiffusion, size: int, seed: int) -> torch.Tensor:
+    """``size`` unconditioned DDPM samples of each model, ``(2 * size, horizon, transition_dim)``, seeded."""
+    generator = torch.Generator(base.diffusion.device).manual_seed(seed)
+    return torch.cat([model.diffusion.sample(size, sampler="ddpm", generator=generator).x for model in (base, expert)])

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from relreward_cli.diffusion.artifact import DiffusionSpec
 from relreward_cli.envs.maze import MazeGeometry
 from relreward_cli.errors import UserError
 from relreward_cli.tracking import RunTracker
+from relreward_cli.training import resolve_device
 
 
 def hydra_run_dir() -> Path:
@@ -18,6 +20,13 @@ def hydra_run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def torch_device(cfg: DictConfig) -> torch.device:
+    """Apply ``threads`` (torch's CPU threads; null keeps torch's default) and resolve ``device``."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    return resolve_device(cfg.device)
 
 
 def data_root(cfg: DictConfig) -> Path:

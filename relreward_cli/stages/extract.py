@@ -11,15 +11,15 @@ from relreward_cli.diffusion.artifact import check_compatible, load_diffusion_mo
 from relreward_cli.plots import plot_curve, plot_reward_maps
 from relreward_cli.reward.evaluate import maze_reward_map
 from relreward_cli.reward.trainer import train_reward
-from relreward_cli.stages.common import data_root, hydra_run_dir, log_to, maze_goal
+from relreward_cli.stages.common import data_root, hydra_run_dir, log_to, maze_goal, torch_device
 from relreward_cli.tracking import RunTracker, print_summary_table, tracker_from_config
-from relreward_cli.training import resolve_device, seed_everything
+from relreward_cli.training import seed_everything
 
 
 def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, group: str | None = None) -> dict:
     """Extract the reward of ``expert_model`` relative to ``base_model`` into ``run_dir``; on Maze2D also
     draw the reward maps and correlate them with the ground truth. Returns the summary metrics."""
-    device = resolve_device(cfg.device)
+    device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
     generator = seed_everything(cfg.seed)
@@ -32,7 +32,8 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
             base, expert, segments, run_dir, dim=cfg.reward.dim, dim_mults=tuple(cfg.reward.dim_mults),
             n_steps=ec.n_steps, batch_size=ec.batch_size, lr=ec.lr, grad_clip=ec.grad_clip,
             save_every=ec.save_every, log_every=ec.log_every, generator=generator, device=device,
-            info={"env": cfg.env.name, "sources": sources, "seed": cfg.seed}, on_log=log_to(tracker, "extract"))
+            info={"env": cfg.env.name, "sources": sources, "seed": cfg.seed}, sample_fraction=ec.sample_fraction,
+            sample_pool=ec.sample_pool, on_log=log_to(tracker, "extract"))
         metrics = {"steps": result.step, "final_loss": result.final_loss, "steps_per_s": result.steps_per_s,
                    "peak_memory_mb": result.peak_memory_mb, "device": str(device)}
         _plot_loss_bands(tracker)
@@ -47,7 +48,8 @@ def _plot_loss_bands(tracker: RunTracker) -> None:
     rows = [row for row in tracker.rows() if "extract/loss" in row]
     if not rows:
         return
-    bands = sorted({key for row in rows for key in row if key.startswith("extract/loss_t")})
+    bands = sorted({key for row in rows for key in row if key.startswith("extract/loss_t")},
+                   key=lambda key: int(key.removeprefix("extract/loss_t").split("-")[0]))
     series = {"all t": [row["extract/loss"] for row in rows]}
     series |= {key.removeprefix("extract/loss_"): [row.get(key, float("nan")) for row in rows] for key in bands}
     plot_curve([row["step"] for row in rows], series, tracker.plots_dir / "extraction_loss.png", "step",
@@ -56,7 +58,8 @@ def _plot_loss_bands(tracker: RunTracker) -> None:
 
 def _maze_reward_maps(cfg: DictConfig, reward, tracker: RunTracker) -> dict:
     geometry, goal_xy = maze_goal(cfg)
-    reward_map = maze_reward_map(reward, geometry, goal_xy, list(cfg.extract.eval_t), cfg.extract.grid_resolution)
+    ec = cfg.extract
+    reward_map = maze_reward_map(reward, geometry, goal_xy, list(ec.eval_t), ec.grid_resolution, ec.eval_noise_samples)
     path = plot_reward_maps(geometry, reward_map.xs, reward_map.ys, reward_map.learned, reward_map.truth,
                             reward_map.free_mask, reward_map.t_values, reward_map.correlations, goal_xy,
                             tracker.plots_dir / "reward_maps.png")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -21,6 +24,34 @@ from relreward_cli.tracking import print_summary_table, tracker_from_config
 KINDS = ("base", "expert")
 
 
+@contextmanager
+def _data_root_lock(root: Path):
+    """Hold an exclusive lock on the data root, so the jobs of a sweep that start together (several seeds
+    of one env) do not generate the same dataset at once: the first writes it, the others find it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".make-dataset.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _one_writer_at_a_time(function):
+    @functools.wraps(function)
+    def locked(cfg: DictConfig, *args, **kwargs):
+        with _data_root_lock(data_root(cfg)):
+            return function(cfg, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer_at_a_time
 def make_datasets(cfg: DictConfig, kinds: tuple[str, ...] = KINDS, overwrite: bool = False) -> dict[str, dict]:
     """Generate the ``kinds`` datasets of a Maze2D env config unless identical ones exist.
 

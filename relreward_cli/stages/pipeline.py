@@ -1,15 +1,18 @@
-"""``relreward pipeline``: make-dataset -> train-diffusion (base, expert) -> extract, in one command.
+"""``relreward pipeline``: make-dataset -> train-diffusion (base, expert) -> extract (-> steer-eval with
+``pipeline.steer=true``), in one command.
 
 Each stage writes into a subfolder of the pipeline's run folder (``diffusion_base/``, ``diffusion_expert/``,
-``extract/``) and logs to one W&B group. A stage whose finished artifact is there (``model.pt``,
-``reward.pt`` with its ``metrics.json``) is skipped and an interrupted one resumes from its checkpoint, so
-running a killed pipeline again finishes it without redoing work.
+``extract/``, ``steer_eval/``) and logs to one W&B group. A stage whose finished artifact is there
+(``model.pt``, ``reward.pt`` with its ``metrics.json``) and that was made from the same upstream files
+(``inputs.json`` holds their digests) is skipped; an interrupted one resumes from its checkpoint. So running a
+killed pipeline again finishes it without redoing work, and a retrained model re-runs what depends on it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,17 +20,34 @@ from omegaconf import DictConfig, OmegaConf
 from relreward_cli.data.sources import split_source
 from relreward_cli.diffusion.artifact import MODEL_FILE
 from relreward_cli.reward.trainer import REWARD_FILE
-from relreward_cli.stages import extract, make_dataset, train_diffusion
+from relreward_cli.stages import extract, make_dataset, steer_eval, train_diffusion
 from relreward_cli.stages.common import hydra_run_dir
 from relreward_cli.tracking import print_summary_table, write_json_atomic
+from relreward_cli.training import file_digest
 
 
-def _finished(run_dir: Path, artifact: str) -> dict | None:
-    """The stage's summary if its artifact and ``metrics.json`` exist, else None."""
-    metrics = run_dir / "metrics.json"
-    if (run_dir / artifact).is_file() and metrics.is_file():
-        return json.loads(metrics.read_text())
-    return None
+def _finished(run_dir: Path, artifact: str, inputs: dict[str, Path] | None = None) -> dict | None:
+    """The stage's summary if its artifact and ``metrics.json`` exist and it was made from the same
+    ``inputs`` (files, compared by digest) as now; else None, and the stage runs (or resumes)."""
+    metrics, recorded = run_dir / "metrics.json", run_dir / "inputs.json"
+    if not ((run_dir / artifact).is_file() and metrics.is_file()):
+        return None
+    if inputs and (not recorded.is_file() or json.loads(recorded.read_text()) != _digests(inputs)):
+        return None
+    return json.loads(metrics.read_text())
+
+
+def _digests(inputs: dict[str, Path]) -> dict[str, str]:
+    return {name: file_digest(path) for name, path in inputs.items()}
+
+
+def _run_stage(run_dir: Path, artifact: str, inputs: dict[str, Path], stage) -> dict:
+    """Skip a finished stage, else run ``stage()`` and record the digests of the files it was made from."""
+    metrics = _finished(run_dir, artifact, inputs)
+    if metrics is None:
+        metrics = stage()
+        write_json_atomic(run_dir / "inputs.json", _digests(inputs))
+    return metrics
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -44,18 +64,28 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         make_dataset.make_datasets(cfg, tuple(generated), cfg.overwrite)
     seconds["make-dataset"] = time.perf_counter() - start
 
-    for kind in ("base", "expert"):
-        stage_dir, start = run_dir / f"diffusion_{kind}", time.perf_counter()
-        metrics = _finished(stage_dir, MODEL_FILE) or train_diffusion.run(cfg, stage_dir, kind, group)
+    models = {kind: run_dir / f"diffusion_{kind}" for kind in ("base", "expert")}
+    for kind, stage_dir in models.items():
+        start = time.perf_counter()
+        metrics = _run_stage(stage_dir, MODEL_FILE, {}, partial(train_diffusion.run, cfg, stage_dir, kind, group))
         seconds[f"train-diffusion[{kind}]"] = time.perf_counter() - start
         summary |= {f"{kind}/{key}": metrics[key] for key in metrics if key.startswith("plans/")}
         summary[f"{kind}/final_loss"] = metrics["final_loss"]
 
+    model_files = {kind: folder / MODEL_FILE for kind, folder in models.items()}
     stage_dir, start = run_dir / "extract", time.perf_counter()
-    metrics = _finished(stage_dir, REWARD_FILE) or extract.run(
-        cfg, stage_dir, run_dir / "diffusion_base", run_dir / "diffusion_expert", group)
+    metrics = _run_stage(stage_dir, REWARD_FILE, model_files, partial(
+        extract.run, cfg, stage_dir, models["base"], models["expert"], group))
     seconds["extract"] = time.perf_counter() - start
     summary |= {key: value for key, value in metrics.items() if key.startswith("pearson/") or key == "heatmap"}
+
+    if cfg.pipeline.steer:
+        reward_dir, stage_dir, start = stage_dir, run_dir / "steer_eval", time.perf_counter()
+        metrics = _run_stage(stage_dir, "metrics.json", {**model_files, "reward": reward_dir / REWARD_FILE},
+                             partial(steer_eval.run, cfg, stage_dir, models["base"], models["expert"],
+                                     reward_dir, group))
+        seconds["steer-eval"] = time.perf_counter() - start
+        summary |= {key: value for key, value in metrics.items() if key.endswith(("score_mean", "success_rate"))}
     summary |= {f"seconds/{stage}": value for stage, value in seconds.items()}
     summary["seconds/total"] = sum(seconds.values())
     write_json_atomic(run_dir / "metrics.json", summary)

@@ -10,17 +10,17 @@ from omegaconf import DictConfig
 
 from relreward_cli.data.pairs import load_segment_pair
 from relreward_cli.diffusion.artifact import train_diffusion
-from relreward_cli.plots import plot_curve, plot_maze_plans
 from relreward_cli.planning.maze_plans import plan_quality, random_free_positions, sample_maze_plans
-from relreward_cli.stages.common import data_root, diffusion_spec, hydra_run_dir, log_to, maze_goal
+from relreward_cli.plots import plot_curve, plot_maze_plans
+from relreward_cli.stages.common import data_root, diffusion_spec, hydra_run_dir, log_to, maze_goal, torch_device
 from relreward_cli.tracking import RunTracker, print_summary_table, tracker_from_config
-from relreward_cli.training import resolve_device, seed_everything
+from relreward_cli.training import seed_everything
 
 
 def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None) -> dict:
     """Train the ``kind`` model into ``run_dir`` (resuming a killed run), then plot and score its samples."""
     generator = seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = torch_device(cfg)
     segments = load_segment_pair(cfg.env.base_data, cfg.env.expert_data, data_root(cfg), cfg.horizon,
                                  cfg.use_actions, cfg.normalizer)
     spec = diffusion_spec(cfg, segments.obs_dim, segments.act_dim)
@@ -31,7 +31,7 @@ def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None) -> 
             ema_decay=tc.ema_decay, ema_start=tc.ema_start, grad_clip=tc.grad_clip, save_every=tc.save_every,
             log_every=tc.log_every, generator=generator, device=device,
             info={"env": cfg.env.name, "kind": kind, "sources": segments.sources, "seed": cfg.seed},
-            on_log=log_to(tracker, "train"))
+            start_conditioned=tc.start_conditioned, on_log=log_to(tracker, "train"))
         metrics = {"kind": kind, "steps": result.step, "final_loss": result.final_loss,
                    "steps_per_s": result.steps_per_s, "peak_memory_mb": result.peak_memory_mb,
                    "segments": len(segments[kind]), "device": str(device)}

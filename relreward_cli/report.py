@@ -1,0 +1,381 @@
+"""``relreward report <sweep folder>``: the results of a sweep as a Markdown table and figures.
+
+A sweep folder (``runs/multirun/pipeline`` after ``relreward pipeline --multirun ...``) holds one run
+folder per job, each with ``config.yaml`` and, once finished, ``metrics.json``. The runs are grouped by
+task (the env, plus any other swept override that is not the seed), and every metric is reported as the
+mean and standard error over the seeds of a task:
+
+- Maze2D: the Pearson correlation of the learned reward with the ground truth (at the best diffusion time
+  and at t=0), and, when the pipeline ran steer-eval, the success rates of the base/steered/expert planners;
+- locomotion: the D4RL-normalized scores of the base, steered and expert planners.
+
+Written next to the runs (or into ``--out``): ``report.md`` (the tables), ``report_bars.png`` (bar charts
+with standard-error bars) and ``reward_maps_grid.png`` (the reward heatmap of every run, tasks by seeds).
+With ``--wandb`` and W&B credentials, runs without a local ``metrics.json`` are filled from the summaries
+of their W&B group; without network or credentials this is skipped with a note, never an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relreward_cli.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# (column title, metrics.json key, bar-chart panel). A column appears when some run has its key.
+COLUMNS: list[tuple[str, str, str]] = [
+    ("reward corr. (best t)", "pearson/best", "reward correlation (Pearson r)"),
+    ("reward corr. (t=0)", "pearson/t0", "reward correlation (Pearson r)"),
+    ("base score", "base/score_mean", "normalized score"),
+    ("steered score", "steered/score_mean", "normalized score"),
+    ("expert score", "expert/score_mean", "normalized score"),
+    ("base success", "base/success_rate", "success rate"),
+    ("steered success", "steered/success_rate", "success rate"),
+    ("expert success", "expert/success_rate", "success rate"),
+]
+# Overrides that never define a task: the seed (averaged over) and settings that do not change results.
+NOT_TASK_KEYS = ("seed", "run_root", "data_dir", "device", "logger.")
+SIZE_ORDER = ("umaze", "medium", "large")
+HIDDEN = (".", "__")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    overrides: list[str] | None = None
+    task: str = ""
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    @property
+    def env(self) -> str:
+        env = self.config.get("env")
+        return str(env.get("name")) if isinstance(env, dict) else str(env or "?")
+
+    def value(self, key: str) -> float | None:
+        if self.metrics is None or key not in self.metrics:
+            return None
+        try:
+            value = float(self.metrics[key])
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) else None
+
+    def heatmap(self) -> Path | None:
+        candidates = [self.path / "extract" / "plots" / "reward_maps.png", self.path / "plots" / "reward_maps.png"]
+        if self.metrics and isinstance(self.metrics.get("heatmap"), str):
+            candidates.insert(0, Path(self.metrics["heatmap"]))
+        return next((p for p in candidates if p.is_file()), None)
+
+
+@dataclass
+class Report:
+    sweep: Path
+    runs: list[Run]
+    tasks: dict[str, list[Run]] = field(default_factory=dict)
+    columns: list[tuple[str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        """The sweep folder's last two parts (``multirun/pipeline``, ``sweeps/paper_maze2d``)."""
+        return "/".join(self.sweep.resolve().parts[-2:])
+
+    @property
+    def finished(self) -> list[Run]:
+        return [run for run in self.runs if run.metrics is not None]
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def find_runs(sweep: Path) -> list[Run]:
+    """Every run folder under ``sweep``: the outermost folders holding a ``config.yaml`` (the stage folders
+    inside a pipeline run, and hidden ``.hydra``/``.submitit``/``wandb`` folders, are not runs of their own)."""
+    runs: list[Run] = []
+    for dirpath, dirnames, filenames in os.walk(sweep):
+        here = Path(dirpath)
+        hydra_job = (here / ".hydra" / "config.yaml").is_file()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(HIDDEN) and d != "wandb")
+        if "config.yaml" not in filenames and not hydra_job:
+            continue
+        dirnames[:] = []  # the stage folders of a pipeline run are part of it
+        try:  # a job that died before its stage wrote config.yaml still has Hydra's copy
+            config = _read_yaml(here / ("config.yaml" if "config.yaml" in filenames else ".hydra/config.yaml")) or {}
+            metrics = json.loads((here / "metrics.json").read_text()) if "metrics.json" in filenames else None
+        except Exception as err:  # a half-written file of a run in progress: report it as unfinished
+            log.warning("Skipping unreadable run folder %s (%s)", here, err)
+            config, metrics = {}, None
+        overrides_file = here / ".hydra" / "overrides.yaml"
+        overrides = _read_yaml(overrides_file) if overrides_file.is_file() else None
+        runs.append(Run(here, config if isinstance(config, dict) else {}, metrics, overrides))
+    return runs
+
+
+def _task_overrides(run: Run) -> list[str]:
+    return [o for o in (run.overrides or []) if not o.lstrip("+~").startswith(NOT_TASK_KEYS)
+            and not o.startswith("env=") and "=" in o]
+
+
+def label_tasks(runs: list[Run]) -> None:
+    """Set ``run.task``: the env name, plus the swept overrides (other than the seed) that tell runs of one
+    env apart. A sweep over ``env`` x ``seed`` gives one task per env (overrides set per env, like the
+    paper's per-maze horizon, stay out of the label); a sweep over, say, ``steer.scale`` as well keeps each
+    scale apart."""
+    parsed = [dict(o.split("=", 1) for o in _task_overrides(run)) for run in runs]
+    keys = {key for overrides in parsed for key in overrides}
+    by_env: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for run, overrides in zip(runs, parsed, strict=True):
+        for key in keys:
+            by_env[run.env][key].add(overrides.get(key))
+    telling = sorted(key for key in keys if any(len(values[key]) > 1 for values in by_env.values()))
+    for run, overrides in zip(runs, parsed, strict=True):
+        varying = [f"{key}={overrides[key]}" for key in telling if key in overrides]
+        run.task = run.env + (f" ({', '.join(varying)})" if varying else "")
+
+
+def _task_order(task: str) -> tuple:
+    sizes = [i for i, size in enumerate(SIZE_ORDER) if size in task.split(" ")[0]]
+    return (task.split(" ")[0].split("_")[0], sizes[0] if sizes else len(SIZE_ORDER), task)
+
+
+def mean_sem(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (sample standard deviation / sqrt(n); 0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def build_report(sweep: Path) -> Report:
+    """Collect and group the runs of ``sweep`` (raises :class:`UserError` when there are none)."""
+    sweep = Path(sweep)
+    if not sweep.is_dir():
+        raise UserError(f"{sweep} is not a folder. Pass the sweep folder of a --multirun (by default "
+                        "runs/multirun/<stage>, the 'sweep output dir' Hydra printed at launch).")
+    runs = find_runs(sweep)
+    if not runs:
+        raise UserError(f"No run folders (folders with a config.yaml) under {sweep}. Pass the sweep folder of a "
+                        "--multirun (runs/multirun/pipeline by default) or a folder holding run folders.")
+    label_tasks(runs)
+    report = Report(sweep, runs)
+    for run in sorted(runs, key=lambda r: (_task_order(r.task), str(r.seed))):
+        report.tasks.setdefault(run.task, []).append(run)
+    report.columns = [col for col in COLUMNS if any(run.value(col[1]) is not None for run in runs)]
+    unfinished = [run for run in runs if run.metrics is None]
+    if unfinished:
+        report.notes.append(f"{len(unfinished)} run(s) without metrics.json (running, failed or killed) are "
+                            "left out: " + ", ".join(str(run.path.relative_to(sweep)) for run in unfinished))
+    if not report.columns:
+        report.notes.append("No run has a known result metric (pearson/*, */score_mean, */success_rate) yet.")
+    return report
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean, sem = mean_sem(values)
+    return f"{mean:.3f} ± {sem:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(report: Report) -> str:
+    """The report as Markdown: a summary table (mean ± s.e. over seeds per task) and a table per run."""
+    titles = [title for title, _, _ in report.columns]
+    lines = [f"# Results: {report.title}", "",
+             f"Sweep folder `{report.sweep}`: {len(report.finished)} finished run(s) of {len(report.runs)}. "
+             "Mean ± standard error over seeds (s.e. = sample std / sqrt(n)).", "",
+             "| task | seeds | " + " | ".join(titles) + " |",
+             "|---|---|" + "---|" * len(titles)]
+    for task, runs in report.tasks.items():
+        done = [run for run in runs if run.metrics is not None]
+        cells = [_cell([v for run in done if (v := run.value(key)) is not None]) for _, key, _ in report.columns]
+        seeds = ",".join(str(run.seed) for run in done)
+        lines.append(f"| {_md_escape(task)} | {len(done)} ({seeds}) | " + " | ".join(cells) + " |")
+    lines += ["", "Per run:", "", "| task | seed | " + " | ".join(titles) + " | folder |",
+              "|---|---|" + "---|" * len(titles) + "---|"]
+    for task, runs in report.tasks.items():
+        for run in runs:
+            values = [run.value(key) for _, key, _ in report.columns]
+            cells = [f"{v:.3f}" if v is not None else "–" for v in values]
+            if run.metrics is None:
+                cells = ["(unfinished)"] * len(values)
+            lines.append(f"| {_md_escape(task)} | {run.seed} | " + " | ".join(cells)
+                         + f" | `{_md_escape(str(run.path.relative_to(report.sweep)))}` |")
+    if report.notes:
+        lines += [""] + [f"Note: {note}" for note in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot_bars(report: Report, path: Path) -> Path | None:
+    """One panel per kind of metric; a group of bars per task; error bars are the standard error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for title, key, panel in report.columns:
+        panels[panel].append((title, key))
+    if not panels:
+        return None
+    tasks = list(report.tasks)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 1.6 * len(tasks) + 2) * len(panels), 3.8),
+                             squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
+        width = 0.8 / len(series)
+        x = np.arange(len(tasks))
+        for i, (title, key) in enumerate(series):
+            stats = []
+            for task in tasks:
+                values = [v for run in report.tasks[task] if (v := run.value(key)) is not None]
+                stats.append(mean_sem(values) if values else (np.nan, 0.0))
+            means, sems = zip(*stats, strict=True)
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=sems, capsize=4, label=title)
+        ax.set_xticks(x, [t.replace(" (", "\n(") for t in tasks], fontsize=8)
+        ax.set_title(panel)
+        ax.axhline(0, color="black", linewidth=0.6)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{report.title}: mean ± s.e. over seeds")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_heatmap_grid(report: Report, path: Path) -> Path | None:
+    """Every run's reward heatmap figure (``extract/plots/reward_maps.png``), one row per task and one
+    column per seed."""
+    rows = {task: [(run.seed, run.heatmap()) for run in runs] for task, runs in report.tasks.items()}
+    rows = {task: [(s, p) for s, p in cells if p is not None] for task, cells in rows.items()}
+    rows = {task: cells for task, cells in rows.items() if cells}
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    n_cols = max(len(cells) for cells in rows.values())
+    first = mpimg.imread(next(iter(rows.values()))[0][1])
+    aspect = first.shape[0] / first.shape[1]
+    cell_w = 6.0
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(cell_w * n_cols, cell_w * aspect * len(rows) + 0.6),
+                             squeeze=False)
+    for r, (task, cells) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(cells):
+                seed, image = cells[c]
+                ax.imshow(mpimg.imread(image))
+                ax.set_title(f"{task} — seed {seed}", fontsize=9)
+    fig.suptitle(f"{report.title}: learned reward maps (tasks x seeds)")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fill_from_wandb(report: Report) -> str:
+    """Fill runs that lack a local ``metrics.json`` from the W&B summaries of their group (the pipeline's
+    ``logger.group`` or ``pipeline-<name>``). Needs credentials and network; otherwise returns why not."""
+    from relreward_cli.tracking import _wandb_credentials_present
+
+    missing = [run for run in report.runs if run.metrics is None]
+    if not missing:
+        return "W&B: every run has a local metrics.json; nothing to fetch."
+    if not _wandb_credentials_present():
+        return "W&B: no credentials (WANDB_API_KEY or ~/.netrc); used the local run folders only."
+    try:
+        import wandb
+
+        api = wandb.Api(timeout=20)
+        filled = 0
+        for run in missing:
+            logger = run.config.get("logger") or {}
+            group = logger.get("group") or f"pipeline-{run.config.get('name')}"
+            path = f"{logger.get('entity') or api.default_entity}/{logger.get('project') or 'relreward'}"
+            metrics: dict[str, Any] = {}
+            for remote in api.runs(path, filters={"group": group}):
+                metrics |= {k: v for k, v in dict(remote.summary).items()
+                            if k.startswith("pearson/") or k.endswith(("score_mean", "success_rate"))}
+            if metrics:
+                run.metrics, filled = metrics, filled + 1
+        return f"W&B: filled {filled} of {len(missing)} unfinished run(s) from their W&B groups."
+    except Exception as err:  # no network, no such project: the local report stands
+        return f"W&B: could not be read ({type(err).__name__}: {err}); used the local run folders only."
+
+
+def write_report(sweep: Path, out: Path | None = None, use_wandb: bool = False) -> dict[str, Path | None]:
+    """Build the report of ``sweep`` and write ``report.md`` and the figures into ``out`` (default: the
+    sweep folder). Returns the written paths."""
+    report = build_report(sweep)
+    if use_wandb:
+        report.notes.append(fill_from_wandb(report))
+        label_tasks(report.runs)
+        report.columns = [col for col in COLUMNS if any(run.value(col[1]) is not None for run in report.runs)]
+    out = Path(out) if out is not None else Path(sweep)
+    out.mkdir(parents=True, exist_ok=True)
+    bars = plot_bars(report, out / "report_bars.png")
+    heatmaps = plot_heatmap_grid(report, out / "reward_maps_grid.png")
+    text = markdown(report)
+    figures = [f"![{name}]({p.name})" for name, p in (("bars", bars), ("reward maps", heatmaps)) if p]
+    if figures:
+        text += "\n" + "\n\n".join(figures) + "\n"
+    (out / "report.md").write_text(text)
+    return {"report": out / "report.md", "bars": bars, "heatmaps": heatmaps, "markdown": text}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``relreward report <sweep folder> [--out DIR] [--wandb]``."""
+    parser = argparse.ArgumentParser(
+        prog="relreward report",
+        description="Summarize the run folders of a sweep: report.md (mean ± s.e. over seeds per task) and "
+                    "plots (report_bars.png, reward_maps_grid.png).")
+    parser.add_argument("sweep", type=Path, help="sweep folder, e.g. runs/multirun/pipeline")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also read unfinished runs' results from their W&B group (needs credentials)")
+    args = parser.parse_args(argv)
+    try:
+        written = write_report(args.sweep, args.out, args.wandb)
+    except UserError as err:
+        print(f"relreward: error: {err}", file=sys.stderr)
+        return 2
+    print(written["markdown"])
+    for key in ("report", "bars", "heatmaps"):
+        if written[key] is not None:
+            print(f"wrote {written[key]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

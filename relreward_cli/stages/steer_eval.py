@@ -1,0 +1,129 @@
+"""``relreward steer-eval``: the unsteered base, the reward-steered base and the expert planner in the env.
+
+Each planner runs ``steer.n_episodes`` episodes per seed of ``steer.seeds`` in one vectorized env (the plans
+of all episodes sampled in one batch) from the same start states. Reported per planner: return and
+normalized score (mean +- standard error over all episodes), success rate (Maze2D), planning latency.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from relreward_cli.diffusion.artifact import TrainedDiffusion, check_compatible, load_diffusion_model
+from relreward_cli.envs.registry import environment, make_env
+from relreward_cli.errors import UserError
+from relreward_cli.planning.guidance import RewardGuide
+from relreward_cli.planning.planner import GuidedPlanner
+from relreward_cli.planning.rollout import Rollouts, plan_follower, rollout
+from relreward_cli.planning.scores import mean_and_sem, score_normalizer
+from relreward_cli.plots import plot_episode_returns, plot_maze_paths
+from relreward_cli.reward.trainer import load_reward_model
+from relreward_cli.stages.common import data_root, hydra_run_dir, maze_goal, torch_device
+from relreward_cli.tracking import RunTracker, tracker_from_config
+
+
+def episode_seeds(seed: int, n_episodes: int) -> list[int]:
+    """Distinct env seeds for the episodes of one seed (the same for every planner: paired starts)."""
+    return np.random.SeedSequence(seed).generate_state(n_episodes).tolist()
+
+
+def evaluate_planner(cfg: DictConfig, model: TrainedDiffusion, guide: RewardGuide | None, n_plans: int,
+                     seed: int) -> Rollouts:
+    """``steer.n_episodes`` episodes of one planner for one seed, all in one vectorized env."""
+    sc, env = cfg.steer, environment(cfg.env.name)
+    generator = torch.Generator(model.diffusion.device).manual_seed(seed)
+    planner = GuidedPlanner(model, guide, n_plans, sc.sampler, sc.n_sample_steps, sc.eta, generator)
+    follower = plan_follower(model.spec, env.maze is not None, sc.controller.p_gain, sc.controller.d_gain)
+    options = {"goal_cell": np.asarray(cfg.env.goal_cell)} if env.maze is not None else None
+    envs = gym.vector.SyncVectorEnv([partial(make_env, cfg.env.name, sc.max_episode_steps)] * sc.n_episodes)
+    try:
+        return rollout(planner, envs, follower, episode_seeds(seed, sc.n_episodes), sc.replan_every, options,
+                       sc.success_radius)
+    finally:
+        envs.close()
+
+
+def summarize(rollouts: list[Rollouts], score) -> dict:
+    """Metrics of one planner over the rollouts of every seed."""
+    returns = np.concatenate([r.returns for r in rollouts])
+    metrics = dict(zip(("return_mean", "return_sem"), mean_and_sem(returns), strict=True))
+    metrics["return_per_seed"] = [float(r.returns.mean()) for r in rollouts]
+    if score is not None:
+        metrics |= dict(zip(("score_mean", "score_sem"), mean_and_sem(score(returns)), strict=True))
+    if rollouts[0].success is not None:
+        metrics |= dict(zip(("success_rate", "success_sem"),
+                            mean_and_sem(np.concatenate([r.success for r in rollouts])), strict=True))
+    metrics["plan_ms"] = 1000 * float(np.concatenate([r.plan_seconds for r in rollouts]).mean())
+    metrics["episodes"] = len(returns)
+    return metrics
+
+
+def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, reward_model: Path,
+        group: str | None = None) -> dict:
+    """Roll out the three planners into ``run_dir``; returns the summary (also in ``metrics.json``)."""
+    device = torch_device(cfg)
+    base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
+    check_compatible(base, expert)
+    sc = cfg.steer
+    guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
+                        sc.scale_grad_by_std, sc.rank_t)
+    planners = {"base": (base, None, 1), "steered": (base, guide, sc.n_plans), "expert": (expert, None, 1)}
+    unknown = set(sc.planners) - set(planners)
+    if unknown or not sc.planners:
+        raise UserError(f"steer.planners={list(sc.planners)}: choose one or more of {', '.join(planners)}.")
+    planners = {name: planner for name, planner in planners.items() if name in sc.planners}
+    score = score_normalizer(environment(cfg.env.name).d4rl_task, cfg.env.expert_data, data_root(cfg))
+    rollouts = {name: [evaluate_planner(cfg, *planner, seed) for seed in sc.seeds]
+                for name, planner in planners.items()}
+    results = {name: summarize(runs, score.score if score else None) for name, runs in rollouts.items()}
+    metrics = {f"{name}/{key}": value for name, row in results.items() for key, value in row.items()}
+    metrics |= {"score_reference": score.origin if score else "none", "device": str(device)}
+    with tracker_from_config(cfg, run_dir, "steer-eval", group) as tracker:
+        returns = {name: np.concatenate([r.returns for r in runs]) for name, runs in rollouts.items()}
+        for episode, row in enumerate(zip(*returns.values(), strict=True)):
+            tracker.log({f"{name}/return": value for name, value in zip(returns, row, strict=True)}, episode)
+        metrics |= _plots(cfg, tracker, returns, rollouts)
+        tracker.summary(metrics)
+    print_results_table(f"steer-eval {cfg.env.name} (scale {sc.scale}, {sc.sampler}) -> {run_dir}", results,
+                        score.origin if score else None)
+    return metrics
+
+
+def _plots(cfg: DictConfig, tracker: RunTracker, returns: dict[str, np.ndarray],
+           rollouts: dict[str, list[Rollouts]]) -> dict:
+    paths = {"returns_plot": plot_episode_returns(returns, tracker.plots_dir / "returns.png")}
+    if cfg.env.family == "maze2d":
+        geometry, goal_xy = maze_goal(cfg)
+        executed = {name: [path[:, :2] for path in runs[0].paths[:cfg.steer.n_plot_paths]]
+                    for name, runs in rollouts.items()}
+        paths["paths_plot"] = plot_maze_paths(geometry, executed, goal_xy, tracker.plots_dir / "paths.png")
+    for key, path in paths.items():
+        tracker.log_image(key, path)
+    return {key: str(path) for key, path in paths.items()}
+
+
+def print_results_table(title: str, results: dict[str, dict], score_origin: str | None) -> None:
+    """One row per planner: return, normalized score, success rate (mean +- s.e.), planning latency."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title), caption=escape(f"mean ± s.e. over episodes; scores: {score_origin}"))
+    for column in ("planner", "return", "normalized score", "success", "plan ms", "episodes"):
+        table.add_column(column, justify="left" if column == "planner" else "right")
+    for name, row in results.items():
+        cells = [f"{row[f'{key}_mean']:.2f} ± {row[f'{key}_sem']:.2f}" if f"{key}_mean" in row else "-"
+                 for key in ("return", "score")]
+        success = f"{row['success_rate']:.0%} ± {row['success_sem']:.0%}" if "success_rate" in row else "-"
+        table.add_row(name, *cells, success, f"{row['plan_ms']:.0f}", str(row["episodes"]))
+    Console().print(table)
+
+
+def main(cfg: DictConfig) -> dict:
+    return run(cfg, hydra_run_dir(), Path(cfg.base_model), Path(cfg.expert_model), Path(cfg.reward_model))

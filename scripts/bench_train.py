@@ -1,0 +1,215 @@
+"""Benchmark diffusion training and plan sampling at the default config size (``make bench``).
+
+The sizes come from the Hydra configs (``configs/train_diffusion.yaml`` with ``base.yaml``: ``horizon``,
+``model.dim``, ``model.dim_mults``, ``train.batch_size``, ``diffusion.n_steps``), so the benchmark follows
+the config; Hydra overrides on the command line change them:
+
+    python scripts/bench_train.py                        # default size, CPU (+ CUDA when available)
+    python scripts/bench_train.py horizon=64 train.batch_size=256 --devices cuda
+
+Data are synthetic random-walk segments of Maze2D's shape (no dataset needed). Training runs through the
+real loop (:func:`relreward_cli.diffusion.artifact.train_diffusion`): two warm-up steps, then the same run
+resumed and timed step by step for ``--max-steps`` steps (fewer on a slow or busy CPU, to stay within
+``--budget-s``); steps/s is over the timed steps, and the median step time shows what a quiet machine gets.
+Peak memory is the process's peak RSS on CPU and ``torch.cuda.max_memory_allocated`` on CUDA. Sampling
+latency (random weights: the cost does not depend on them) is the median of a few batches of 64 plans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+OBS_DIM, ACT_DIM = 4, 2  # PointMaze: (x, y, vx, vy), (ax, ay)
+PLAN_BATCH = 64
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--devices", default="auto",
+                        help="comma-separated devices (cpu,cuda); auto: cpu, plus cuda when available")
+    parser.add_argument("--budget-s", type=float, default=20.0,
+                        help="seconds of timed training steps per device at most (ends the timing early)")
+    parser.add_argument("--max-steps", type=int, default=40, help="timed steps at most")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. horizon=64")
+    return parser.parse_args()
+
+
+def compose_config(config_name: str, overrides: list[str]):
+    """The stage's config as the CLI would compose it (``relreward <stage> <overrides>``)."""
+    from hydra import compose, initialize_config_dir
+
+    from relreward_cli.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name, overrides=overrides)
+
+
+def setup(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"torch {torch.__version__}; {os.cpu_count()} CPU cores, load average {load} (other work on the machine "
+          "slows the CPU figures)", flush=True)
+
+
+def devices(option: str) -> list[torch.device]:
+    if option == "auto":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    out = [torch.device(name) for name in option.split(",")]
+    if any(d.type == "cuda" for d in out) and not torch.cuda.is_available():
+        sys.exit("bench: --devices asks for cuda but no CUDA GPU is visible.")
+    return out
+
+
+def synthetic_segments(horizon: int, use_actions: bool, seed: int = 0, n_episodes: int = 20, length: int = 200):
+    """A :class:`SegmentPair` of random-walk episodes shaped like Maze2D data."""
+    from relreward_cli.data.normalizer import fit_transition_normalizer
+    from relreward_cli.data.pairs import SegmentPair
+    from relreward_cli.data.segments import SegmentDataset
+    from relreward_cli.data.sources import Episode
+
+    rng = np.random.default_rng(seed)
+
+    def episodes(drift: float):
+        return [Episode(np.cumsum(rng.normal(drift, 0.1, (length + 1, OBS_DIM)), axis=0),
+                        rng.uniform(-1, 1, (length, ACT_DIM)), np.zeros(length), np.zeros(length, bool),
+                        np.eye(1, length, length - 1, dtype=bool)[0]) for _ in range(n_episodes)]
+
+    data = {"base": episodes(0.0), "expert": episodes(0.02)}
+    normalizer = fit_transition_normalizer(list(data.values()), use_actions)
+    base, expert = (SegmentDataset(data[kind], horizon, use_actions, normalizer) for kind in ("base", "expert"))
+    return SegmentPair(base, expert, normalizer, base.layout, OBS_DIM, ACT_DIM,
+                       {"base": "synthetic:base", "expert": "synthetic:expert"})
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _BudgetSpent(Exception):
+    """Raised from the training loop's ``on_log`` hook to end a timed run early."""
+
+
+def bench_training(run, budget_s: float, max_steps: int, device: torch.device, warmup: int = 2) -> dict:
+    """Time the real training loop: ``run(n_steps, log_every, on_log)`` trains (resuming) to ``n_steps``.
+
+    ``warmup`` steps first (cold start: allocator, kernels), then the run resumes with a hook after every
+    step that stamps the time and stops it at ``max_steps`` timed steps or once ``budget_s`` is spent.
+    Returns steps/s over the timed steps, the median step time, the step count and the peak memory (MB).
+    """
+    run(warmup, 10**9, None)
+    stamps: list[float] = []
+
+    def on_log(_scalars, _step):
+        synchronize(device)
+        stamps.append(time.perf_counter())
+        if stamps[-1] - stamps[0] > budget_s:
+            raise _BudgetSpent
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(_BudgetSpent):
+        run(warmup + max_steps + 1, 1, on_log)
+    steps = np.diff(stamps)  # the first stamp starts the clock
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+    return {"steps_per_s": len(steps) / steps.sum(), "median_step_ms": float(np.median(steps)) * 1000,
+            "steps": len(steps), "peak_mb": peak}
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sampling_latency(diffusion, device: torch.device, sampler: str, n_sample_steps: int | None,
+                     budget_s: float = 6.0, max_repeats: int = 5) -> float:
+    """Median seconds to sample one batch of ``PLAN_BATCH`` plans (repeats while within ``budget_s``)."""
+    times: list[float] = []
+    while len(times) < max_repeats and (not times or sum(times) < budget_s):
+        generator = torch.Generator(device).manual_seed(len(times))
+        synchronize(device)
+        start = time.perf_counter()
+        diffusion.sample(PLAN_BATCH, sampler=sampler, n_sample_steps=n_sample_steps, generator=generator)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def print_table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
+    cells = [tuple(str(c) for c in header)] + [tuple(f"{c:.4g}" if isinstance(c, float) else str(c) for c in row)
+                                               for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    print(f"\n{title}\n{line}")
+    for i, row in enumerate(cells):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if i == 0:
+            print(line)
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n > 1 else ''})"
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    setup(args)
+    from relreward_cli.diffusion.artifact import build_diffusion, train_diffusion
+    from relreward_cli.stages.common import diffusion_spec
+    from relreward_cli.training import seed_everything
+
+    cfg = compose_config("train_diffusion", args.overrides)
+    tc = cfg.train
+    segments = synthetic_segments(cfg.horizon, cfg.use_actions)
+    spec = diffusion_spec(cfg, segments.obs_dim, segments.act_dim)
+    n, few = spec.n_steps, max(spec.n_steps // 4, 1)
+    samplers = {f"ddpm ({n} steps)": ("ddpm", None), f"ddim ({n} steps)": ("ddim", None),
+                f"ddim ({few} steps)": ("ddim", few)}
+    rows = []
+    for device in devices(args.devices):
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+            def run(n_steps, log_every, on_log, device=device, tmp=tmp):
+                return train_diffusion(
+                    spec, segments, "base", Path(tmp), n_steps=n_steps, batch_size=tc.batch_size, lr=tc.lr,
+                    ema_decay=tc.ema_decay, ema_start=tc.ema_start, grad_clip=tc.grad_clip,
+                    save_every=10**9, log_every=log_every, generator=seed_everything(0), device=device,
+                    info={"bench": True}, on_log=on_log)
+
+            train = bench_training(run, args.budget_s, args.max_steps, device)
+        torch.manual_seed(0)
+        diffusion = build_diffusion(spec).to(device).eval()  # random weights: sampling cost does not depend on them
+        with torch.no_grad():  # warm-up: same shapes, two steps
+            diffusion.sample(PLAN_BATCH, sampler="ddim", n_sample_steps=2, generator=torch.Generator(device))
+        latency = {name: sampling_latency(diffusion, device, *how) for name, how in samplers.items()}
+        memory = "peak RSS" if device.type == "cpu" else "max allocated"
+        rows.append((describe(device), train["steps_per_s"], f"{train['median_step_ms']:.0f} ms", train["steps"],
+                     f"{train['peak_mb']:.0f} MB ({memory})", *(f"{s * 1000:.0f} ms" for s in latency.values())))
+    n_params = sum(p.numel() for p in diffusion.model.parameters())
+    print_table(
+        f"train-diffusion benchmark: horizon {cfg.horizon}, transition_dim {spec.transition_dim}, U-Net dim "
+        f"{cfg.model.dim} x {list(cfg.model.dim_mults)} ({n_params / 1e6:.2f}M params), batch {tc.batch_size}, "
+        f"{n} diffusion steps; sampling latency for one batch of {PLAN_BATCH} plans (median)",
+        ("device", "train steps/s", "median step", "timed steps", "train peak memory", *latency), rows)
+
+
+if __name__ == "__main__":
+    main()

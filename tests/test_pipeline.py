@@ -1,0 +1,120 @@
+"""`relreward pipeline` end to end on the smoke config: artifacts, skip-finished-stages, determinism, and
+the reward checkpoint round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from relreward_cli.diffusion.artifact import load_diffusion_model
+from relreward_cli.envs.maze import MazeGeometry
+from relreward_cli.models.reward_net import RewardNet
+from relreward_cli.reward.evaluate import maze_reward_map
+from relreward_cli.reward.trainer import load_reward_model
+from relreward_cli.training import load_checkpoint
+
+STAGE_DIRS = ("diffusion_base", "diffusion_expert", "extract")
+SMOKE_EVAL_T = (0, 2)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(smoke_data, tmp_path_factory, cli):
+    """One smoke pipeline run: (run_root, pipeline folder, summary, stdout)."""
+    run_root = tmp_path_factory.mktemp("pipeline") / "runs"
+    proc = cli(["pipeline", *smoke_data.overrides(run_root), "logger.mode=disabled"], run_root.parent,
+                   check=True)
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    return run_root, run_dir, json.loads((run_dir / "metrics.json").read_text()), proc.stdout
+
+
+def test_pipeline_end_to_end(pipeline_run):
+    _, run_dir, summary, stdout = pipeline_run
+    assert "pipeline maze2d_umaze (seed 0)" in stdout
+    for t in SMOKE_EVAL_T:
+        rho = summary[f"pearson/t{t}"]
+        assert math.isfinite(rho) and -1.0 <= rho <= 1.0
+    assert summary["pearson/best"] == max(summary[f"pearson/t{t}"] for t in SMOKE_EVAL_T)
+    assert summary["pearson/best_t"] in SMOKE_EVAL_T
+    heatmap = Path(summary["heatmap"])
+    assert heatmap == run_dir / "extract" / "plots" / "reward_maps.png"
+    assert heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for kind in ("base", "expert"):
+        assert math.isfinite(summary[f"{kind}/final_loss"]) and 0.0 <= summary[f"{kind}/plans/wall_fraction"] <= 1
+    assert summary["seconds/total"] >= summary["seconds/extract"] > 0
+
+    assert (run_dir / "config.yaml").is_file()
+    for stage in STAGE_DIRS:
+        folder = run_dir / stage
+        assert (folder / "config.yaml").is_file(), stage
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert rows and rows[-1]["step"] == 20, stage
+        assert (folder / "metrics.json").is_file(), stage
+    assert (run_dir / "diffusion_base" / "model.pt").is_file()
+    assert (run_dir / "extract" / "reward.pt").is_file()
+    assert (run_dir / "extract" / "plots" / "extraction_loss.png").is_file()
+
+    # The two models were trained on their own data, in one shared normalized space.
+    base, expert = (load_diffusion_model(run_dir / f"diffusion_{kind}") for kind in ("base", "expert"))
+    assert (base.info["kind"], expert.info["kind"]) == ("base", "expert")
+    assert base.normalizer == expert.normalizer and base.spec == expert.spec
+
+
+def test_reward_checkpoint_round_trip(pipeline_run):
+    """`reward.pt` loads into a network that reproduces the trained one and the reported correlations."""
+    _, run_dir, summary, _ = pipeline_run
+    extract_dir = run_dir / "extract"
+    reward = load_reward_model(extract_dir)
+    trained = load_checkpoint(extract_dir / "checkpoint.pt", kind="reward")  # the loop's final state
+    assert trained["step"] == 20
+    net = RewardNet(reward.spec.horizon, reward.spec.transition_dim, **trained["architecture"])
+    net.load_state_dict(trained["model"])
+    net.eval()
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, reward.spec.horizon, reward.spec.transition_dim, generator=generator)
+    t = torch.randint(0, reward.spec.n_steps, (16,), generator=generator)
+    with torch.no_grad():
+        expected, got = net(x, t), reward.net(x, t)
+    assert torch.equal(expected, got)
+    assert expected.std() > 0  # a real, input-dependent reward
+
+    base = load_diffusion_model(run_dir / "diffusion_base")
+    assert reward.spec == base.spec and reward.normalizer == base.normalizer
+    assert reward.schedule.matches(base.diffusion.schedule)
+
+    # Re-evaluating the loaded reward with the extract stage's own settings reproduces its correlations.
+    ec = yaml.safe_load((extract_dir / "config.yaml").read_text())["extract"]
+    geometry = MazeGeometry.from_name("umaze")
+    goal_xy = geometry.cell_to_xy(np.asarray((1, 1)))
+    options = {"noise_samples": ec["eval_noise_samples"]} if "eval_noise_samples" in ec else {}
+    reward_map = maze_reward_map(reward, geometry, goal_xy, ec["eval_t"], ec["grid_resolution"], **options)
+    assert tuple(reward_map.t_values) == SMOKE_EVAL_T
+    assert reward_map.correlations == [summary[f"pearson/t{t}"] for t in SMOKE_EVAL_T]
+
+
+def _mtimes(run_dir: Path) -> dict[str, int]:
+    return {stage: (run_dir / stage / name).stat().st_mtime_ns
+            for stage, name in (("diffusion_base", "model.pt"), ("diffusion_expert", "model.pt"))}
+
+
+def test_rerun_redoes_only_the_missing_stage_and_is_deterministic(pipeline_run, smoke_data, cli):
+    run_root, run_dir, first, _ = pipeline_run
+    before = _mtimes(run_dir)
+    first_extract = json.loads((run_dir / "extract" / "metrics.json").read_text())
+    shutil.rmtree(run_dir / "extract")
+
+    cli(["pipeline", *smoke_data.overrides(run_root), "logger.mode=disabled"], run_root.parent, check=True)
+    assert _mtimes(run_dir) == before  # the finished diffusion models were not retrained
+    second = json.loads((run_dir / "metrics.json").read_text())
+    for key in [f"pearson/t{t}" for t in SMOKE_EVAL_T] + ["pearson/best", "pearson/best_t"]:
+        assert second[key] == first[key], key
+    second_extract = json.loads((run_dir / "extract" / "metrics.json").read_text())
+    assert second_extract["final_loss"] == first_extract["final_loss"]
+    assert (run_dir / "extract" / "reward.pt").is_file()

@@ -1,0 +1,209 @@
+"""Sweeps: a real --multirun through submitit's local executor, the report made from it, a pre-empted job
+that submitit requeues and that resumes from its checkpoint, and bad sweeps refused before any job starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import _cli_command
+
+from relreward_cli import cli as relreward_cli
+from relreward_cli.report import build_report, mean_sem
+
+FAST = ["logger.mode=disabled", "device=cpu", "train.n_steps=6", "train.save_every=3", "train.log_every=3",
+        "extract.n_steps=6", "extract.save_every=3", "extract.log_every=3"]
+
+
+@pytest.fixture(scope="module")
+def sweep(smoke_data, tmp_path_factory, cli):
+    """``relreward pipeline --multirun seed=0,1 hydra/launcher=local experiment=smoke`` (two smoke pipelines,
+    each in its own submitit job)."""
+    root = tmp_path_factory.mktemp("sweep")
+    proc = cli(["pipeline", "--multirun", "seed=0,1", "hydra/launcher=local", "experiment=smoke",
+                f"data_dir={smoke_data.data_dir}", f"run_root={root / 'runs'}", *FAST], root, check=True)
+    return root / "runs" / "multirun" / "pipeline", proc
+
+
+def test_multirun_with_the_local_submitit_launcher_makes_one_run_folder_per_seed(sweep):
+    sweep_dir, proc = sweep
+    assert "Submitit 'local' sweep output dir" in proc.stderr + proc.stdout
+    runs = sorted(p for p in sweep_dir.iterdir() if not p.name.startswith("."))
+    runs = [p for p in runs if p.is_dir()]
+    # Deterministic folder names (no timestamp), so a requeued job lands in its own folder again.
+    assert [[kv for kv in p.name.split(",") if kv.startswith("seed=")] for p in runs] == [["seed=0"], ["seed=1"]]
+    for seed, run in enumerate(runs):
+        assert "run_root" not in run.name and "logger.mode" not in run.name
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert -1.0 <= metrics["pearson/best"] <= 1.0
+        assert (run / "extract" / "reward.pt").is_file() and (run / "diffusion_expert" / "model.pt").is_file()
+        assert (run / "extract" / "plots" / "reward_maps.png").is_file()
+        assert f"seed: {seed}" in (run / "config.yaml").read_text()
+    # Each job ran in a submitit process of its own, with its logs under the sweep folder.
+    logs = list((sweep_dir / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2
+
+
+def test_report_of_the_sweep(sweep, tmp_path, capsys):
+    sweep_dir, _ = sweep
+    out = tmp_path / "report"
+    assert relreward_cli.main(["report", str(sweep_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    assert text in printed
+    for name in ("report_bars.png", "reward_maps_grid.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = build_report(sweep_dir)
+    assert list(report.tasks) == ["maze2d_umaze"] and len(report.finished) == 2
+    values = [json.loads((run.path / "metrics.json").read_text())["pearson/best"] for run in report.finished]
+    mean, sem = mean_sem(values)
+    row = next(line for line in text.splitlines() if line.startswith("| maze2d_umaze | 2 (0,1)"))
+    assert f"{mean:.3f} ± {sem:.3f}" in row
+    assert "| task | seeds | reward corr. (best t)" in text
+
+
+def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
+    assert relreward_cli.main(["report", str(tmp_path)]) == 2
+    assert "No run folders" in capsys.readouterr().err
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the submitit job through /proc")
+def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(smoke_data, tmp_path):
+    """Send the job the signal SLURM sends on pre-emption (submitit's USR2, here through the local
+    executor, which requeues the same way): submitit checkpoints the launcher, requeues the task, and the
+    requeued job finds its checkpoint in the same folder and continues from it."""
+    run_root = tmp_path / "runs"
+    args = ["train-diffusion", "--multirun", "seed=0", "hydra/launcher=local", "experiment=smoke",
+            f"data_dir={smoke_data.data_dir}", f"run_root={run_root}", "logger.mode=disabled", "device=cpu",
+            "train.n_steps=400", "train.save_every=20", "train.log_every=20"]
+    proc = subprocess.Popen([*_cli_command(), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    sweep_dir = run_root / "multirun" / "train-diffusion"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(sweep_dir.glob("*/checkpoint.pt")):
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.02)
+        tasks = [pid for pid in _descendants(proc.pid) if "submitit.core._submit" in _cmdline(pid)]
+        assert len(tasks) == 1, [_cmdline(pid) for pid in _descendants(proc.pid)]
+        os.kill(tasks[0], signal.SIGUSR2)
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, output[-3000:]
+
+    (run,) = [p.parent for p in sweep_dir.glob("*/checkpoint.pt")]
+    assert run.name == "experiment=smoke,seed=0,train.log_every=20,train.n_steps=400,train.save_every=20"
+    job_logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.*"))
+    assert "this job is preempted" in job_logs and "Requeued job" in job_logs, job_logs[-3000:]
+    resumed = [int(s) for s in re.findall(r"Resuming diffusion\[base\] from .* at step (\d+)", job_logs)]
+    assert len(resumed) == 1 and resumed[0] >= 20 and resumed[0] % 20 == 0, job_logs[-3000:]
+
+    # metrics.jsonl: the first attempt logged 20, 40, ...; the requeued one continues after the checkpoint
+    # (no restart from zero: step 20 is logged once; at most the one step logged between the checkpoint and
+    # the signal is logged twice), and the run ends at the configured step.
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    assert sorted(set(steps)) == list(range(20, 401, 20)), steps
+    assert steps.count(20) == 1 and len(steps) - len(set(steps)) <= 1, steps
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 400
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("env=maze2d_umaze,maze2d_huge", "Could not find 'env/maze2d_huge'"),
+    ("hydra/launcher=slurmm", "Could not find 'hydra/launcher/slurmm'"),
+])
+def test_override_naming_no_config_fails_before_any_job(cli, tmp_path, override, message):
+    proc = cli(["pipeline", "--multirun", "seed=0,1", "hydra/launcher=local", override, "experiment=smoke",
+                f"run_root={tmp_path / 'runs'}"], tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Available options" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Hydra checks every job's config before launching: no submitit job, no job folder (at most the
+    # sweep's multirun.yaml, written first).
+    made = [p.name for p in (tmp_path / "runs").rglob("*")]
+    assert set(made) <= {"multirun", "pipeline", "multirun.yaml"}, made
+
+
+def test_missing_launcher_plugin_fails_before_any_job(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_submitit_launcher", None)  # as if not installed
+    for launcher in ("slurm", "local"):
+        code = relreward_cli.main(["pipeline", "--multirun", "seed=0,1", f"hydra/launcher={launcher}",
+                                   "experiment=smoke", f"run_root={tmp_path / 'runs'}"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert f"hydra/launcher={launcher} needs the Hydra launcher plugin 'hydra-submitit-launcher'" in err
+        assert "pip install hydra-submitit-launcher" in err and "No job was started" in err
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.undo()
+    assert relreward_cli.launcher_problem(["hydra/launcher=slurm"]) is None  # installed here
+
+
+def test_slurm_launcher_config_reaches_sbatch(monkeypatch, tmp_path):
+    """The slurm preset and command-line overrides end up in the sbatch script submitit writes."""
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    (tmp_path / "srun").write_text("#!/bin/sh\n")  # submitit's SLURM executor looks for srun on PATH
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    scripts = []
+
+    def capture(executor, *args, **kwargs):
+        scripts.append(executor._executor._make_submission_file_text("python -m submitit.core._submit", "u"))
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", capture)
+    overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
+                 "+hydra.launcher.additional_parameters.mail-type=END", f"run_root={tmp_path / 'runs'}",
+                 "seed=0"]
+    with initialize_config_dir(str(relreward_cli.CONFIG_DIR), version_base=None):
+        cfg = compose("pipeline", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        assert "now" not in str(cfg.hydra.sweep)  # deterministic sweep folder
+        launcher = instantiate(cfg.hydra.launcher)
+        launcher.setup(hydra_context=None, task_function=lambda c: None, config=cfg)
+        with pytest.raises(RuntimeError, match="captured"):
+            launcher.launch([["seed=0"], ["seed=1"]], initial_job_idx=0)
+    (script,) = scripts
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --mem=32GB", "#SBATCH --time=90", "#SBATCH --signal=USR2@180",
+                 "#SBATCH --job-name=relreward-pipeline", "#SBATCH --mail-type=END"):
+        assert line in script, script
+    assert f"{tmp_path / 'runs'}/multirun/pipeline/.submitit/%j" in script
+    assert launcher.params["max_num_timeout"] == 10

@@ -1,0 +1,126 @@
+"""The run folder is always complete; W&B writes real offline runs there and resumes the same run id."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+import yaml
+
+from relreward_cli.errors import UserError
+from relreward_cli.tracking import RunTracker, resolve_wandb_mode, write_json_atomic
+
+CONFIG = {"seed": 3, "model": {"dim": 8, "dim_mults": [1, 2]}, "lr": 2.0e-4}
+
+
+def _strict_json(text: str):
+    """``json.loads`` that refuses NaN/Infinity (which are not JSON)."""
+    def refuse(name):
+        raise ValueError(f"non-JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _wandb_file_holding(path, needles: list[bytes], patience_s: float = 30.0) -> bytes:
+    """The bytes of a ``.wandb`` file once they hold every needle. wandb-core writes the file from its own
+    process and may still be flushing when ``finish()`` returns, so wait for it (a bound, not a timing test)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        data = path.read_bytes()
+        if all(needle in data for needle in needles) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.1)
+
+
+def _offline_runs(run_dir):
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_offline_tracker_writes_run_folder_and_wandb_files(tmp_path):
+    run_dir = tmp_path / "run"
+    with RunTracker(run_dir, CONFIG, "unit-test", mode="offline", group="g", tags=["t"]) as tracker:
+        assert tracker.mode == "offline" and tracker.wandb_run is not None
+        tracker.log({"train/loss": 0.5, "train/steps_per_s": torch.tensor(12.0)}, step=5)
+        tracker.log({"train/loss": 0.25, "weird": float("nan")}, step=10)
+        assert tracker.history("train/loss") == [(5, 0.5), (10, 0.25)]
+        tracker.summary({"final_loss": 0.25, "pearson/t0": 0.9, "device": "cpu"})
+
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == CONFIG
+    rows = [_strict_json(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 5, "train/loss": 0.5, "train/steps_per_s": 12.0},
+                    {"step": 10, "train/loss": 0.25, "weird": "nan"}]
+    assert _strict_json((run_dir / "metrics.json").read_text()) == {"final_loss": 0.25, "pearson/t0": 0.9,
+                                                                     "device": "cpu"}
+    assert (run_dir / "plots").is_dir()
+
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    assert len(run_id) == 12
+    runs = _offline_runs(run_dir)
+    assert len(runs) == 1 and runs[0].name.endswith(f"-{run_id}")
+    wandb_file = runs[0] / f"run-{run_id}.wandb"
+    data = _wandb_file_holding(wandb_file, [b"train/loss", b"pearson/t0", b"unit-test"])
+    assert b"train/loss" in data and b"pearson/t0" in data and b"unit-test" in data  # history, summary, job
+
+    # A second attempt in the same folder (a resumed or requeued job) continues the same W&B run.
+    with RunTracker(run_dir, CONFIG, "unit-test", mode="offline") as again:
+        assert again.wandb_run.id == run_id
+        again.log({"train/loss": 0.125}, step=15)
+        assert again.history("train/loss") == [(5, 0.5), (10, 0.25), (15, 0.125)]
+    assert (run_dir / "wandb_id.txt").read_text().strip() == run_id
+    assert all(run.name.endswith(f"-{run_id}") for run in _offline_runs(run_dir))
+
+
+def test_disabled_tracker_writes_no_wandb_files(tmp_path):
+    with RunTracker(tmp_path, CONFIG, "unit-test", mode="disabled") as tracker:
+        assert tracker.wandb_run is None
+        tracker.log({"loss": 1.0}, step=1)
+        tracker.log_image("nothing", tmp_path / "missing.png")  # no W&B: nothing to send
+        tracker.summary({"loss": 1.0})
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "wandb_id.txt").exists()
+    assert [_strict_json(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        {"step": 1, "loss": 1.0}]
+    assert _strict_json((tmp_path / "metrics.json").read_text()) == {"loss": 1.0}
+
+
+@pytest.fixture
+def no_credentials(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_auto_mode_is_offline_without_credentials(no_credentials):
+    assert resolve_wandb_mode("auto") == "offline"
+    (no_credentials / ".netrc").write_text("machine example.org login a password b\n")
+    assert resolve_wandb_mode("auto") == "offline"
+
+
+def test_auto_mode_is_online_with_credentials(no_credentials, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    assert resolve_wandb_mode("auto") == "online"
+    monkeypatch.delenv("WANDB_API_KEY")
+    (no_credentials / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "1" * 40 + "\n")
+    assert resolve_wandb_mode("auto") == "online"
+
+
+@pytest.mark.parametrize("mode", ["online", "offline", "disabled"])
+def test_explicit_modes_pass_through(mode, no_credentials):
+    assert resolve_wandb_mode(mode) == mode
+
+
+def test_bad_mode_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"logger.mode='offlne'.*auto, online, offline, disabled"):
+        resolve_wandb_mode("offlne")
+    with pytest.raises(UserError):
+        RunTracker(tmp_path / "run", CONFIG, "unit-test", mode="wandb")
+
+
+def test_write_json_atomic(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json_atomic(path, {"a": math.inf, "b": [1, 2.5], "c": torch.tensor(3.0)})
+    assert _strict_json(path.read_text()) == {"a": "inf", "b": [1, 2.5], "c": 3.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
