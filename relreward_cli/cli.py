@@ -73,6 +73,15 @@ def launcher_problem(overrides: list[str]) -> str | None:
                     f"Install it with `pip install {package}` (it is a dependency of relreward, so "
                     "`pip install -e .` in the project does it too), then launch the sweep again. No job "
                     "was started.")
+    if name in ("slurm", "submitit_slurm"):
+        import shutil
+
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            return (f"hydra/launcher={name} submits the jobs with SLURM, but {' and '.join(missing)} "
+                    f"{'is' if len(missing) == 1 else 'are'} not on PATH here: launch the sweep from a "
+                    "login node of the cluster, or run it on this machine with hydra/launcher=local. No job "
+                    "was started.")
     return None
 
 

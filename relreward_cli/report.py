@@ -44,7 +44,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("expert success", "expert/success_rate", "success rate"),
 ]
 # Overrides that never define a task: the seed (averaged over) and settings that do not change results.
-NOT_TASK_KEYS = ("seed", "run_root", "data_dir", "device", "logger.")
+NOT_TASK_KEYS = ("seed", "run_root", "data_dir", "device", "threads")  # and logger.*
 SIZE_ORDER = ("umaze", "medium", "large")
 HIDDEN = (".", "__")
 
@@ -130,8 +130,11 @@ def find_runs(sweep: Path) -> list[Run]:
 
 
 def _task_overrides(run: Run) -> list[str]:
-    return [o for o in (run.overrides or []) if not o.lstrip("+~").startswith(NOT_TASK_KEYS)
-            and not o.startswith("env=") and "=" in o]
+    def telling(override: str) -> bool:
+        key = override.split("=", 1)[0].lstrip("+~")
+        return "=" in override and key != "env" and key not in NOT_TASK_KEYS and not key.startswith("logger.")
+
+    return [o for o in (run.overrides or []) if telling(o)]
 
 
 def label_tasks(runs: list[Run]) -> None:

@@ -16,19 +16,20 @@ import pytest
 from conftest import _cli_command
 
 from relreward_cli import cli as relreward_cli
-from relreward_cli.report import build_report, mean_sem
+from relreward_cli.report import build_report, mean_sem, write_report
 
 FAST = ["logger.mode=disabled", "device=cpu", "train.n_steps=6", "train.save_every=3", "train.log_every=3",
         "extract.n_steps=6", "extract.save_every=3", "extract.log_every=3"]
 
 
 @pytest.fixture(scope="module")
-def sweep(smoke_data, tmp_path_factory, cli):
+def sweep(tmp_path_factory, cli):
     """``relreward pipeline --multirun seed=0,1 hydra/launcher=local experiment=smoke`` (two smoke pipelines,
-    each in its own submitit job)."""
+    each in its own submitit job). Both start with no dataset in their shared data_dir, as the jobs of a
+    new sweep do: one generates it while the other waits for the lock, then finds it."""
     root = tmp_path_factory.mktemp("sweep")
     proc = cli(["pipeline", "--multirun", "seed=0,1", "hydra/launcher=local", "experiment=smoke",
-                f"data_dir={smoke_data.data_dir}", f"run_root={root / 'runs'}", *FAST], root, check=True)
+                f"run_root={root / 'runs'}", *FAST], root, check=True)
     return root / "runs" / "multirun" / "pipeline", proc
 
 
@@ -107,7 +108,7 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(smoke_data, t
     run_root = tmp_path / "runs"
     args = ["train-diffusion", "--multirun", "seed=0", "hydra/launcher=local", "experiment=smoke",
             f"data_dir={smoke_data.data_dir}", f"run_root={run_root}", "logger.mode=disabled", "device=cpu",
-            "train.n_steps=400", "train.save_every=20", "train.log_every=20"]
+            "train.n_steps=200", "train.save_every=10", "train.log_every=10"]
     proc = subprocess.Popen([*_cli_command(), *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     sweep_dir = run_root / "multirun" / "train-diffusion"
@@ -127,19 +128,19 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(smoke_data, t
     assert proc.returncode == 0, output[-3000:]
 
     (run,) = [p.parent for p in sweep_dir.glob("*/checkpoint.pt")]
-    assert run.name == "experiment=smoke,seed=0,train.log_every=20,train.n_steps=400,train.save_every=20"
+    assert run.name == "experiment=smoke,seed=0,train.log_every=10,train.n_steps=200,train.save_every=10"
     job_logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.*"))
     assert "this job is preempted" in job_logs and "Requeued job" in job_logs, job_logs[-3000:]
     resumed = [int(s) for s in re.findall(r"Resuming diffusion\[base\] from .* at step (\d+)", job_logs)]
-    assert len(resumed) == 1 and resumed[0] >= 20 and resumed[0] % 20 == 0, job_logs[-3000:]
+    assert len(resumed) == 1 and resumed[0] >= 10 and resumed[0] % 10 == 0, job_logs[-3000:]
 
-    # metrics.jsonl: the first attempt logged 20, 40, ...; the requeued one continues after the checkpoint
-    # (no restart from zero: step 20 is logged once; at most the one step logged between the checkpoint and
+    # metrics.jsonl: the first attempt logged 10, 20, ...; the requeued one continues after the checkpoint
+    # (no restart from zero: step 10 is logged once; at most the one step logged between the checkpoint and
     # the signal is logged twice), and the run ends at the configured step.
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-    assert sorted(set(steps)) == list(range(20, 401, 20)), steps
-    assert steps.count(20) == 1 and len(steps) - len(set(steps)) <= 1, steps
-    assert json.loads((run / "metrics.json").read_text())["steps"] == 400
+    assert sorted(set(steps)) == list(range(10, 201, 10)), steps
+    assert steps.count(10) == 1 and len(steps) - len(set(steps)) <= 1, steps
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 200
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -169,7 +170,17 @@ def test_missing_launcher_plugin_fails_before_any_job(monkeypatch, tmp_path, cap
         assert "pip install hydra-submitit-launcher" in err and "No job was started" in err
     assert not (tmp_path / "runs").exists()
     monkeypatch.undo()
-    assert relreward_cli.launcher_problem(["hydra/launcher=slurm"]) is None  # installed here
+    assert relreward_cli.launcher_problem(["hydra/launcher=local"]) is None  # installed here
+
+
+def test_slurm_launcher_off_a_cluster_fails_before_any_job(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no srun
+    code = relreward_cli.main(["pipeline", "--multirun", "seed=0,1", "hydra/launcher=slurm", "experiment=smoke",
+                               f"run_root={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "sbatch and srun are not on PATH" in err and "hydra/launcher=local" in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_slurm_launcher_config_reaches_sbatch(monkeypatch, tmp_path):
@@ -207,3 +218,33 @@ def test_slurm_launcher_config_reaches_sbatch(monkeypatch, tmp_path):
         assert line in script, script
     assert f"{tmp_path / 'runs'}/multirun/pipeline/.submitit/%j" in script
     assert launcher.params["max_num_timeout"] == 10
+
+
+def test_report_groups_steering_scores_by_task_and_lists_unfinished_runs(tmp_path):
+    """Locomotion-style runs (steer-eval scores), a swept guidance scale, one run still going."""
+    import yaml
+
+    scores = {("hopper", "0.1"): [40.0, 50.0, 60.0], ("hopper", "0.3"): [70.0, 80.0], ("walker2d", "0.1"): [20.0]}
+    for (env, scale), values in scores.items():
+        for seed, value in enumerate(values):
+            run = tmp_path / f"env={env},seed={seed},steer.scale={scale}"
+            (run / ".hydra").mkdir(parents=True)
+            (run / ".hydra" / "overrides.yaml").write_text(
+                yaml.safe_dump([f"seed={seed}", f"env={env}", f"steer.scale={scale}", "logger.mode=offline"]))
+            (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": env}, "seed": seed}))
+            (run / "metrics.json").write_text(json.dumps(
+                {"base/score_mean": 30.0, "steered/score_mean": value, "expert/score_mean": 100.0 + seed}))
+    running = tmp_path / "env=walker2d,seed=1,steer.scale=0.1"
+    (running / ".hydra").mkdir(parents=True)
+    (running / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "walker2d"}, "seed": 1}))
+    (running / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=1", "env=walker2d", "steer.scale=0.1"]))
+
+    report = build_report(tmp_path)
+    assert list(report.tasks) == ["hopper (steer.scale=0.1)", "hopper (steer.scale=0.3)", "walker2d (steer.scale=0.1)"]
+    assert [title for title, _, _ in report.columns] == ["base score", "steered score", "expert score"]
+    written = write_report(tmp_path)
+    text = written["markdown"]
+    assert "| hopper (steer.scale=0.1) | 3 (0,1,2) | 30.000 ± 0.000 | 50.000 ± 5.774 | 101.000 ± 0.577 |" in text
+    assert "| walker2d (steer.scale=0.1) | 1 (0) | 30.000 | 20.000 | 100.000 |" in text
+    assert "1 run(s) without metrics.json" in text and "env=walker2d,seed=1,steer.scale=0.1" in text
+    assert written["bars"].is_file() and written["heatmaps"] is None  # no reward maps in these runs
