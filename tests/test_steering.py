@@ -103,6 +103,19 @@ def test_vectorized_maze_rollout_of_two_envs(model):
         rollout(planner, envs, WaypointTracker(0), [1, 2], replan_every=SPEC.horizon)
 
 
+def test_vectorized_locomotion_rollout_executes_planned_actions():
+    spec = DiffusionSpec(horizon=8, obs_dim=11, act_dim=3, use_actions=True, dim=8, dim_mults=(1, 2), n_steps=5)
+    normalizer = Normalizer("limits", np.zeros(14), np.full(14, 3.0))  # actions up to 3: clipped to [-1, 1]
+    torch.manual_seed(1)
+    model = TrainedDiffusion(build_diffusion(spec).eval().requires_grad_(False), spec, normalizer, {}, Path("m"))
+    envs = gym.vector.SyncVectorEnv([partial(make_env, "hopper", 40)] * 2)
+    result = rollout(GuidedPlanner(model, generator=seeded(7)), envs, PlannedActions(3), [1, 2], replan_every=2)
+    envs.close()
+    assert result.success is None and result.lengths.max() <= 40 and (result.returns != 0).all()
+    assert result.lengths.min() < 40  # the hopper falls: episodes end early, each at its own step
+    assert [len(path) for path in result.paths] == (result.lengths + 1).tolist()
+
+
 def test_planned_actions_are_executed_in_order():
     plans = np.arange(2 * 4 * 5, dtype=np.float32).reshape(2, 4, 5)  # (B, H, act_dim 2 + obs_dim 3)
     np.testing.assert_array_equal(PlannedActions(2)(plans, 1, None), plans[:, 1, :2])
@@ -135,7 +148,9 @@ def test_minari_reference_scores_win_over_d4rl(smoke_data, tmp_path):
 
 def test_steer_eval_end_to_end_with_smoke_models(smoke_data, run_root, cli):
     overrides = [*smoke_data.overrides(run_root), "train.n_steps=2", "extract.n_steps=2"]
-    cli(["pipeline", *overrides, "logger.mode=disabled"], cwd=run_root, check=True)
+    cli(["pipeline", *overrides, "logger.mode=disabled", "pipeline.steer=true"], cwd=run_root, check=True)
+    pipeline = json.loads((run_root / "pipeline" / "smoke-maze2d_umaze-s0" / "metrics.json").read_text())
+    assert {"steered/score_mean", "steered/success_rate", "seconds/steer-eval"} <= pipeline.keys()
     proc = cli(["steer-eval", *overrides, "logger.mode=offline", "steer.sampler=ddim"], cwd=run_root, check=True)
     assert "steered" in proc.stdout and "normalized score" in proc.stdout
     run_dir = run_root / "steer-eval" / "smoke-maze2d_umaze-s0"

@@ -25,6 +25,9 @@ ENVIRONMENTS: dict[str, EnvironmentSpec] = {
     "maze2d_umaze": EnvironmentSpec("PointMaze_UMaze-v3", 300, maze="umaze", d4rl_task="maze2d-umaze"),
     "maze2d_medium": EnvironmentSpec("PointMaze_Medium-v3", 600, maze="medium", d4rl_task="maze2d-medium"),
     "maze2d_large": EnvironmentSpec("PointMaze_Large-v3", 800, maze="large", d4rl_task="maze2d-large"),
+    "hopper": EnvironmentSpec("Hopper-v5", 1000, d4rl_task="hopper"),
+    "halfcheetah": EnvironmentSpec("HalfCheetah-v5", 1000, d4rl_task="halfcheetah"),
+    "walker2d": EnvironmentSpec("Walker2d-v5", 1000, d4rl_task="walker2d"),
 }
 
 

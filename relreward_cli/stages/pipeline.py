@@ -90,6 +90,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     summary["seconds/total"] = sum(seconds.values())
     write_json_atomic(run_dir / "metrics.json", summary)
     print_summary_table(f"pipeline {cfg.env.name} (seed {cfg.seed}) -> {run_dir}", summary)
+    if "pearson/best" in summary:
+        per_t = ", ".join(f"t={key.removeprefix('pearson/t')}: {value:.3f}" for key, value in summary.items()
+                          if key.startswith("pearson/t"))
+        print(f"Learned reward vs ground truth (negative geodesic distance to the goal): Pearson "
+              f"{summary['pearson/best']:.3f} at t={summary['pearson/best_t']} ({per_t}).\n"
+              f"Heatmap: {summary['heatmap']}")
     return summary
 
 
