@@ -16,9 +16,9 @@ class RewardGuide:
     """Diffuser-style value guidance by a learned reward `r(x_t, t)` (implements the `Guide` protocol).
 
     DDPM: each reverse step moves `x_t` `n_guide_steps` times by `scale * grad_x r` (times the posterior
-    variance `Sigma_t` when `scale_grad_by_std`, so that `scale = 1` tilts the base by `exp(r)`), with no
-    guidance at `t < t_stopgrad`. DDIM: `eps <- eps - scale * sigma_t * grad_x r`, once per step. Finished plans
-    are ranked by `plan_reward` at diffusion step `rank_t`.
+    variance `Sigma_t` when `scale_grad_by_std`: one such step with `scale = 1` is classifier guidance, the base
+    tilted by `exp(r)`), with no guidance at `t < t_stopgrad`. DDIM: `eps <- eps - scale * sigma_t * grad_x r`,
+    once per step. Finished plans are ranked by `plan_reward` at diffusion step `rank_t`.
     """
 
     reward: TrainedReward

@@ -17,7 +17,7 @@ from relreward_cli.planning.maze_plans import normalize_observations
 class PlanBatch(NamedTuple):
     """`best` `(B, H, transition_dim)`: the chosen plan per state, unnormalized (actions first when the model
     has them); `candidates` `(B, n_plans, H, transition_dim)` every sampled plan, normalized; `rewards`
-    `(B, n_plans)` their rewards (`RewardGuide.plan_reward`) (None unsteered); `seconds` the wall time of the batch."""
+    `(B, n_plans)` their `RewardGuide.plan_reward` (None unsteered); `seconds` the batch's wall time."""
 
     best: np.ndarray
     candidates: torch.Tensor
@@ -66,8 +66,8 @@ class GuidedPlanner:
         """The chosen plan for each raw observation `(B, obs_dim)` (see the class docstring)."""
         start = _clock()
         candidates, rewards = self.sample(observations)
-        index = torch.zeros(len(candidates), dtype=torch.long) if rewards is None else rewards.argmax(dim=1)
-        best = candidates[torch.arange(len(candidates)), index.to(candidates.device)]
+        rows = torch.arange(len(candidates), device=candidates.device)
+        best = candidates[rows, 0 if rewards is None else rewards.argmax(dim=1)]
         best = self.model.normalizer.unnormalize(best.cpu().numpy())
         return PlanBatch(best, candidates, rewards, _clock() - start)
 
