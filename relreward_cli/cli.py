@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -97,7 +96,6 @@ def report_user_errors(stage_main: Callable) -> Callable:
         try:
             return stage_main(cfg)
         except UserError as err:
-            logging.getLogger("relreward").error("%s", err)
             print(f"\nrelreward: error: {err}", file=sys.stderr)
             sys.exit(2)
 
