@@ -13,12 +13,13 @@ import pytest
 import torch
 import yaml
 
+from relreward_cli.data.pairs import load_segment_pair
 from relreward_cli.diffusion.artifact import load_diffusion_model
 from relreward_cli.envs.maze import MazeGeometry
 from relreward_cli.models.reward_net import RewardNet
 from relreward_cli.reward.evaluate import maze_reward_map
-from relreward_cli.reward.trainer import load_reward_model
-from relreward_cli.training import load_checkpoint
+from relreward_cli.reward.trainer import load_reward_model, model_sample_pool, train_reward
+from relreward_cli.training import load_checkpoint, save_checkpoint
 
 STAGE_DIRS = ("diffusion_base", "diffusion_expert", "extract")
 SMOKE_EVAL_T = (0, 2)
@@ -118,3 +119,48 @@ def test_rerun_redoes_only_the_missing_stage_and_is_deterministic(pipeline_run, 
     second_extract = json.loads((run_dir / "extract" / "metrics.json").read_text())
     assert second_extract["final_loss"] == first_extract["final_loss"]
     assert (run_dir / "extract" / "reward.pt").is_file()
+
+
+def test_changed_model_reruns_the_stages_built_on_it(pipeline_run, smoke_data, cli):
+    """A stage is skipped only if it was made from the same upstream files: a retrained expert model (here:
+    one weight nudged) makes the pipeline extract again, while the base model stays untouched."""
+    run_root, run_dir, _, _ = pipeline_run
+    expert_file = run_dir / "diffusion_expert" / "model.pt"
+    payload = load_checkpoint(expert_file, kind="diffusion-model")
+    name = next(key for key, value in payload["weights"].items() if value.is_floating_point())
+    payload["weights"][name] = payload["weights"][name] + 0.01
+    save_checkpoint(expert_file, {key: value for key, value in payload.items() if key != "format"})
+    base_mtime = (run_dir / "diffusion_base" / "model.pt").stat().st_mtime_ns
+    reward_mtime = (run_dir / "extract" / "reward.pt").stat().st_mtime_ns
+    inputs = json.loads((run_dir / "extract" / "inputs.json").read_text())
+
+    cli(["pipeline", *smoke_data.overrides(run_root), "logger.mode=disabled"], run_root.parent, check=True)
+    assert (run_dir / "diffusion_base" / "model.pt").stat().st_mtime_ns == base_mtime
+    assert (run_dir / "extract" / "reward.pt").stat().st_mtime_ns != reward_mtime
+    new_inputs = json.loads((run_dir / "extract" / "inputs.json").read_text())
+    assert new_inputs["base"] == inputs["base"] and new_inputs["expert"] != inputs["expert"]
+
+
+def test_extraction_can_draw_from_model_samples(pipeline_run, smoke_data, tmp_path):
+    """`sample_fraction` mixes a seeded pool of both models' samples into the extraction batches."""
+    _, run_dir, _, _ = pipeline_run
+    base, expert = (load_diffusion_model(run_dir / f"diffusion_{kind}") for kind in ("base", "expert"))
+    pool = model_sample_pool(base, expert, 6, seed=3)
+    assert pool.shape == (12, base.spec.horizon, base.spec.transition_dim)
+    assert torch.equal(pool, model_sample_pool(base, expert, 6, seed=3))
+    assert not torch.equal(pool[:6], pool[6:])  # one half per model
+
+    data = load_segment_pair(base.info["sources"]["base"], base.info["sources"]["expert"],
+                             smoke_data.data_dir, base.spec.horizon, base.spec.use_actions,
+                             normalizer=base.normalizer)
+    losses = {}
+    for fraction in (0.0, 0.5):
+        reward, result = train_reward(base, expert, data, tmp_path / str(fraction), dim=8, dim_mults=(1, 2),
+                                      n_steps=6, batch_size=8, lr=1e-3, grad_clip=1.0, save_every=3, log_every=3,
+                                      generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
+                                      info={"seed": 0}, sample_fraction=fraction, sample_pool=6)
+        assert math.isfinite(result.final_loss) and result.step == 6
+        losses[fraction] = result.final_loss
+        saved = load_checkpoint(tmp_path / str(fraction) / "reward.pt", kind="reward-model")
+        assert saved["sample_fraction"] == fraction
+    assert losses[0.0] != losses[0.5]  # the batches really differ
