@@ -20,7 +20,7 @@ STAGES: dict[str, str] = {
     "train-diffusion": "Train a trajectory diffusion model (temporal U-Net) on the base or expert data.",
     "extract": "Extract the relative reward from a base and an expert diffusion model; evaluate it.",
     "steer-eval": "Roll out the base, reward-steered base and expert planners in the env; score them.",
-    "pipeline": "make-dataset -> train-diffusion (base, expert) -> extract, in one command.",
+    "pipeline": "make-dataset -> train-diffusion (base, expert) -> extract [-> steer-eval], in one command.",
     "report": "Summarize a sweep: `relreward report <sweep folder>` -> report.md (mean ± s.e.), plots.",
 }
 
