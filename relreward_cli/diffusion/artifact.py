@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from relreward_cli.data.normalizer import Normalizer
@@ -56,6 +57,14 @@ class DiffusionSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionSpec:
         return cls(**{**data, "dim_mults": tuple(data["dim_mults"])})
+
+
+def normalize_observations(spec: DiffusionSpec, normalizer: Normalizer, observations: np.ndarray) -> np.ndarray:
+    """Raw observations ``(N, obs_dim)`` -> the observation block ``(N, obs_dim)`` of normalized transitions
+    (what inpainting writes into a segment)."""
+    rows = np.zeros((len(observations), spec.transition_dim), np.float32)
+    rows[:, spec.action_dim:] = observations
+    return normalizer.normalize(rows)[:, spec.action_dim:]
 
 
 def build_diffusion(spec: DiffusionSpec) -> GaussianDiffusion:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from relreward_cli.diffusion.artifact import TrainedDiffusion
+from relreward_cli.diffusion.artifact import TrainedDiffusion, normalize_observations
 from relreward_cli.envs.maze import MazeGeometry
 
 
@@ -16,27 +16,20 @@ def random_free_positions(geometry: MazeGeometry, n: int, rng: np.random.Generat
     return geometry.cell_to_xy(cells) + rng.uniform(-jitter, jitter, (n, 2)) * geometry.scaling
 
 
-def sample_maze_plans(model: TrainedDiffusion, starts_xy: np.ndarray, sampler: str = "ddim",
-                      generator: torch.Generator | None = None, guide=None) -> np.ndarray:
+def sample_maze_plans(model: TrainedDiffusion, starts_xy: np.ndarray, sampler: str = "ddpm",
+                      generator: torch.Generator | None = None) -> np.ndarray:
     """Plans ``(N, horizon, 2)`` in world x, y from each start ``(N, 2)`` (at rest), the start inpainted."""
     device = model.diffusion.device
     start = np.concatenate([starts_xy, np.zeros_like(starts_xy)], axis=-1)  # (x, y, vx, vy)
-    start_norm = normalize_observations(model, start)
+    start_norm = normalize_observations(model.spec, model.normalizer, start)
     conditions = {0: torch.as_tensor(start_norm, dtype=torch.float32, device=device)}
-    x = model.diffusion.sample(len(starts_xy), conditions, sampler=sampler, generator=generator, guide=guide).x
+    x = model.diffusion.sample(len(starts_xy), conditions, sampler=sampler, generator=generator).x
     return observations_of(model, x)[..., :2]
 
 
 def observations_of(model: TrainedDiffusion, x: torch.Tensor) -> np.ndarray:
     """Unnormalized observations ``(B, H, obs_dim)`` of normalized segments ``x`` ``(B, H, transition_dim)``."""
     return model.normalizer.unnormalize(x.detach().cpu().numpy())[..., model.spec.action_dim:]
-
-
-def normalize_observations(model: TrainedDiffusion, observations: np.ndarray) -> np.ndarray:
-    """Normalize raw observations ``(N, obs_dim)`` with the observation block of the transition normalizer."""
-    full = np.zeros((len(observations), model.spec.transition_dim), np.float32)
-    full[:, model.spec.action_dim:] = observations
-    return model.normalizer.normalize(full)[:, model.spec.action_dim:]
 
 
 def plan_quality(geometry: MazeGeometry, plans_xy: np.ndarray, goal_xy: np.ndarray,

@@ -8,10 +8,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from relreward_cli.diffusion.artifact import TrainedDiffusion, space_mismatches
+from relreward_cli.diffusion.artifact import TrainedDiffusion, normalize_observations, space_mismatches
 from relreward_cli.errors import UserError
 from relreward_cli.planning.guidance import RewardGuide
-from relreward_cli.planning.maze_plans import normalize_observations
 
 
 class PlanBatch(NamedTuple):
@@ -55,7 +54,8 @@ class GuidedPlanner:
         """Normalized plans `(B, n_plans, H, D)` from raw observations `(B, obs_dim)`, and their rewards
         `(B, n_plans)` (None unsteered). Plan `j` of state `i` is row `i * n_plans + j` of the batch."""
         diffusion = self.model.diffusion
-        states = normalize_observations(self.model, np.repeat(observations, self.n_plans, axis=0))
+        states = normalize_observations(self.model.spec, self.model.normalizer,
+                                        np.repeat(observations, self.n_plans, axis=0))
         conditions = {0: torch.as_tensor(states, dtype=torch.float32, device=diffusion.device)}
         x = diffusion.sample(len(states), conditions, sampler=self.sampler, n_sample_steps=self.n_sample_steps,
                              eta=self.eta, generator=self.generator, guide=self.guide).x

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from relreward_cli.diffusion.artifact import normalize_observations
 from relreward_cli.envs.maze import MazeGeometry
 from relreward_cli.reward.trainer import TrainedReward
 
@@ -27,12 +28,14 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def resting_segments(reward: TrainedReward, positions_xy: np.ndarray) -> torch.Tensor:
-    """Normalized segments ``(N, horizon, transition_dim)`` resting at each position ``(N, 2)``."""
+    """Normalized segments ``(N, horizon, transition_dim)`` resting at each position ``(N, 2)``: every step
+    holds the observation ``(x, y, 0, ...)`` (velocity 0) and a normalized action of 0."""
     spec = reward.spec
-    rows = np.zeros((len(positions_xy), spec.transition_dim), np.float32)
-    rows[:, spec.action_dim:spec.action_dim + 2] = positions_xy
-    normalized = reward.normalizer.normalize(rows)
-    return torch.as_tensor(normalized, dtype=torch.float32)[:, None, :].expand(-1, spec.horizon, -1)
+    observations = np.zeros((len(positions_xy), spec.obs_dim), np.float32)
+    observations[:, :2] = positions_xy
+    rows = torch.zeros(len(positions_xy), spec.transition_dim)
+    rows[:, spec.action_dim:] = torch.as_tensor(normalize_observations(spec, reward.normalizer, observations))
+    return rows[:, None, :].expand(-1, spec.horizon, -1)
 
 
 @torch.no_grad()
