@@ -19,27 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-launcher=slurm
-dry=""
-extra=()
-for arg in "$@"; do
-  case "$arg" in
-    --local) launcher=local ;;
-    --dry-run) dry=echo ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
-    *) extra+=("$arg") ;;
-  esac
-done
-
-SEEDS=${SEEDS:-0,1,2,3,4}
+source scripts/sweep_lib.sh
+sweep_init "$0" paper_locomotion 21 "$@"
 TASKS=${TASKS:-hopper walker2d halfcheetah}
-RUN_ROOT=${RUN_ROOT:-runs}
-SWEEP_DIR=${SWEEP_DIR:-$RUN_ROOT/sweeps/paper_locomotion}
-if [[ -z "${RELREWARD:-}" ]]; then
-  if command -v relreward >/dev/null; then RELREWARD=relreward; else RELREWARD=.venv/bin/relreward; fi
-fi
-launcher_args=("hydra/launcher=$launcher")
-if [[ $launcher == slurm && -n "${PARTITION:-}" ]]; then launcher_args+=("hydra.launcher.partition=$PARTITION"); fi
 
 # Diffuser's per-task settings (config/locomotion.py): HalfCheetah plans 4 steps with a shallower U-Net
 # and weaker, later-stopped guidance; Hopper and Walker2d keep the preset's defaults.
@@ -50,28 +32,9 @@ task_overrides() {
   esac
 }
 
-mkdir -p "$SWEEP_DIR"
-pids=()
-failed=0
 for task in $TASKS; do
   read -r -a per_task <<<"$(task_overrides "$task")"
-  cmd=("$RELREWARD" pipeline --multirun experiment=paper_locomotion "env=$task" "seed=$SEEDS"
-       pipeline.steer=true "${per_task[@]}" "run_root=$RUN_ROOT" "hydra.sweep.dir=$SWEEP_DIR"
-       "${launcher_args[@]}" "${extra[@]}")
-  if [[ -n $dry ]]; then echo "${cmd[@]}"; continue; fi
-  if [[ $launcher == local ]]; then  # one machine: one task at a time (its seeds run side by side)
-    "${cmd[@]}" 2>&1 | tee "$SWEEP_DIR/launch-$task.log" || failed=1
-  else                               # SLURM: all tasks queued at once
-    echo "launching $task (log: $SWEEP_DIR/launch-$task.log)"
-    "${cmd[@]}" >"$SWEEP_DIR/launch-$task.log" 2>&1 &
-    pids+=($!)
-  fi
+  sweep_launch "$task" "$RELREWARD" pipeline --multirun experiment=paper_locomotion "env=$task" "seed=$SEEDS" \
+    pipeline.steer=true "${per_task[@]}"
 done
-[[ -n $dry ]] && { echo "$RELREWARD" report "$SWEEP_DIR"; exit 0; }
-
-for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid" || failed=1; done
-"$RELREWARD" report "$SWEEP_DIR"
-if [[ $failed != 0 ]]; then
-  echo "some jobs failed: see $SWEEP_DIR/launch-*.log and $SWEEP_DIR/.submitit/*/; run the same command again to resume" >&2
-  exit 1
-fi
+sweep_finish

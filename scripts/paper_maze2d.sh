@@ -17,54 +17,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-launcher=slurm
-dry=""
-extra=()
-for arg in "$@"; do
-  case "$arg" in
-    --local) launcher=local ;;
-    --dry-run) dry=echo ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
-    *) extra+=("$arg") ;;
-  esac
-done
-
-SEEDS=${SEEDS:-0,1,2,3,4}
+source scripts/sweep_lib.sh
+sweep_init "$0" paper_maze2d 19 "$@"
 MAZES=${MAZES:-umaze medium large}
-RUN_ROOT=${RUN_ROOT:-runs}
-SWEEP_DIR=${SWEEP_DIR:-$RUN_ROOT/sweeps/paper_maze2d}
-if [[ -z "${RELREWARD:-}" ]]; then
-  if command -v relreward >/dev/null; then RELREWARD=relreward; else RELREWARD=.venv/bin/relreward; fi
-fi
-launcher_args=("hydra/launcher=$launcher")
-if [[ $launcher == slurm && -n "${PARTITION:-}" ]]; then launcher_args+=("hydra.launcher.partition=$PARTITION"); fi
 
 # Diffuser's per-maze horizon and number of diffusion steps.
 declare -A HORIZON=([umaze]=128 [medium]=256 [large]=384)
 declare -A T=([umaze]=64 [medium]=256 [large]=256)
 
-mkdir -p "$SWEEP_DIR"
-pids=()
-failed=0
 for maze in $MAZES; do
   [[ -n "${HORIZON[$maze]:-}" ]] || { echo "unknown maze '$maze' (umaze, medium, large)" >&2; exit 2; }
-  cmd=("$RELREWARD" pipeline --multirun experiment=paper_maze2d "env=maze2d_$maze" "seed=$SEEDS"
-       "horizon=${HORIZON[$maze]}" "diffusion.n_steps=${T[$maze]}" "run_root=$RUN_ROOT"
-       "hydra.sweep.dir=$SWEEP_DIR" "${launcher_args[@]}" "${extra[@]}")
-  if [[ -n $dry ]]; then echo "${cmd[@]}"; continue; fi
-  if [[ $launcher == local ]]; then  # one machine: one maze at a time (its seeds run side by side)
-    "${cmd[@]}" 2>&1 | tee "$SWEEP_DIR/launch-$maze.log" || failed=1
-  else                               # SLURM: all mazes queued at once
-    echo "launching maze2d_$maze (log: $SWEEP_DIR/launch-$maze.log)"
-    "${cmd[@]}" >"$SWEEP_DIR/launch-$maze.log" 2>&1 &
-    pids+=($!)
-  fi
+  sweep_launch "$maze" "$RELREWARD" pipeline --multirun experiment=paper_maze2d "env=maze2d_$maze" "seed=$SEEDS" \
+    "horizon=${HORIZON[$maze]}" "diffusion.n_steps=${T[$maze]}"
 done
-[[ -n $dry ]] && { echo "$RELREWARD" report "$SWEEP_DIR"; exit 0; }
-
-for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid" || failed=1; done
-"$RELREWARD" report "$SWEEP_DIR"
-if [[ $failed != 0 ]]; then
-  echo "some jobs failed: see $SWEEP_DIR/launch-*.log and $SWEEP_DIR/.submitit/*/; run the same command again to resume" >&2
-  exit 1
-fi
+sweep_finish

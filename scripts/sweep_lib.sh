@@ -1,0 +1,52 @@
+# Shared by the paper_*.sh launchers (sourced, not run): argument parsing, one sweep per task, the report.
+#
+#   sweep_init <script> <sweep name> <help lines> "$@"   parse --local/--dry-run/--help and extra overrides
+#   sweep_launch <task> <command...>                       run one task's --multirun (SLURM: in the background)
+#   sweep_finish                                           wait for the launchers, then write the report
+
+sweep_init() {
+  local script=$1 name=$2 help_lines=$3
+  shift 3
+  launcher=slurm dry="" extra=() pids=() failed=0
+  for arg in "$@"; do
+    case "$arg" in
+      --local) launcher=local ;;
+      --dry-run) dry=echo ;;
+      -h|--help) sed -n "2,${help_lines}p" "$script"; exit 0 ;;
+      *) extra+=("$arg") ;;
+    esac
+  done
+  SEEDS=${SEEDS:-0,1,2,3,4}
+  RUN_ROOT=${RUN_ROOT:-runs}
+  SWEEP_DIR=${SWEEP_DIR:-$RUN_ROOT/sweeps/$name}
+  if [[ -z "${RELREWARD:-}" ]]; then
+    if command -v relreward >/dev/null; then RELREWARD=relreward; else RELREWARD=.venv/bin/relreward; fi
+  fi
+  launcher_args=("hydra/launcher=$launcher")
+  if [[ $launcher == slurm && -n "${PARTITION:-}" ]]; then launcher_args+=("hydra.launcher.partition=$PARTITION"); fi
+  mkdir -p "$SWEEP_DIR"
+}
+
+sweep_launch() {
+  local task=$1
+  shift
+  local cmd=("$@" "run_root=$RUN_ROOT" "hydra.sweep.dir=$SWEEP_DIR" "${launcher_args[@]}" "${extra[@]}")
+  if [[ -n $dry ]]; then echo "${cmd[@]}"; return; fi
+  if [[ $launcher == local ]]; then  # one machine: one task at a time (its seeds run side by side)
+    "${cmd[@]}" 2>&1 | tee "$SWEEP_DIR/launch-$task.log" || failed=1
+  else                               # SLURM: all tasks queued at once
+    echo "launching $task (log: $SWEEP_DIR/launch-$task.log)"
+    "${cmd[@]}" >"$SWEEP_DIR/launch-$task.log" 2>&1 &
+    pids+=($!)
+  fi
+}
+
+sweep_finish() {
+  [[ -n $dry ]] && { echo "$RELREWARD" report "$SWEEP_DIR"; exit 0; }
+  for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid" || failed=1; done
+  "$RELREWARD" report "$SWEEP_DIR"
+  if [[ $failed != 0 ]]; then
+    echo "some jobs failed: see $SWEEP_DIR/launch-*.log and $SWEEP_DIR/.submitit/*/; run the same command again to resume" >&2
+    exit 1
+  fi
+}
