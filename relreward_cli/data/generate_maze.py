@@ -90,12 +90,16 @@ def generate_maze2d_episodes(
             step = (obs["observation"], action, reward, terminated, truncated)
             for key, value in zip(steps, step, strict=True):
                 steps[key].append(value)
-        episodes.append({
-            key: np.array(value, dtype=np.float32 if key in ("observations", "actions", "rewards") else bool)
-            for key, value in steps.items()
-        })
+        episodes.append(stack_episode(steps))
     env.close()
     return episodes
+
+
+def stack_episode(steps: dict[str, list]) -> dict[str, np.ndarray]:
+    """Per-step lists (observations, actions, rewards, terminations, truncations) as the arrays of an episode
+    dict: float32, and bool for the flags."""
+    return {key: np.array(value, dtype=np.float32 if key in ("observations", "actions", "rewards") else bool)
+            for key, value in steps.items()}
 
 
 def generation_metadata(
@@ -126,10 +130,13 @@ def generation_metadata(
 
 def write_minari_dataset(
     dataset_id: str, episodes: list[dict[str, np.ndarray]], env: gym.Env, metadata: dict, root: Path,
-    overwrite: bool = False,
+    overwrite: bool = False, algorithm_name: str = "relreward waypoint controller (D4RL recipe)",
+    ref_min_score: float | None = None, ref_max_score: float | None = None,
 ) -> Path:
     """Write `episodes` (dicts as `generate_maze2d_episodes` returns) as the Minari dataset `dataset_id` under
     the Minari root `root`, with `metadata` stored under the `relreward` key; returns the dataset's folder.
+    `ref_min_score` / `ref_max_score` (both or neither) become Minari's reference returns, which
+    `minari.get_normalized_score` uses.
 
     Observations are stored as a flat Box of the episodes' width (PointMaze's `observation` entry), actions
     with `env.action_space`, and `env`'s spec is recorded for `MinariDataset.recover_environment`. The dataset
@@ -166,8 +173,9 @@ def write_minari_dataset(
             warnings.filterwarnings("ignore", message=".*(code_permalink|author_email)")
             dataset = minari.create_dataset_from_buffers(
                 dataset_id, buffers, env=env, eval_env=env, observation_space=observation_space,
-                action_space=env.action_space, algorithm_name="relreward waypoint controller (D4RL recipe)",
-                author="relreward", description=f"Generator settings in metadata['{METADATA_KEY}'].",
+                action_space=env.action_space, algorithm_name=algorithm_name, author="relreward",
+                description=f"Generator settings in metadata['{METADATA_KEY}'].", ref_min_score=ref_min_score,
+                ref_max_score=ref_max_score,
             )
             dataset.storage.update_metadata({METADATA_KEY: metadata})
         with minari_root(root):

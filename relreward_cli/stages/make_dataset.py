@@ -1,4 +1,5 @@
-"""``relreward make-dataset``: Maze2D base and expert datasets generated in PointMaze, in Minari's format."""
+"""``relreward make-dataset``: Maze2D base and expert datasets generated in PointMaze, or locomotion random, medium
+and expert datasets from a Stable-Baselines3 SAC run (the D4RL recipes), in Minari's format."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from relreward_cli.data.generate_locomotion import (
+    GENERATOR,
+    LEVELS,
+    generate_locomotion_episodes,
+    locomotion_dataset_id,
+    locomotion_settings,
+    write_locomotion_datasets,
+)
 from relreward_cli.data.generate_maze import (
     generate_maze2d_episodes,
     generation_metadata,
@@ -51,15 +60,32 @@ def _one_writer_at_a_time(function):
     return locked
 
 
+def _up_to_date(dataset_id: str, wanted: dict, root: Path, overwrite: bool) -> bool:
+    """True when `dataset_id` exists and its stored metadata holds `wanted`; False when it is absent or is to
+    be overwritten; refuses one made with other settings."""
+    if overwrite or not (root / dataset_id).exists():
+        return False
+    found = read_dataset_metadata(dataset_id, root)
+    differing = {key: found.get(key) for key in wanted if found.get(key) != wanted[key]}
+    if not differing:
+        return True
+    raise UserError(f"Dataset {dataset_id} already exists in {root} with other generator settings ({differing}). "
+                    "Pass overwrite=true to replace it, or data_dir=<another folder> to keep both.")
+
+
 @_one_writer_at_a_time
 def make_datasets(cfg: DictConfig, kinds: tuple[str, ...] = KINDS, overwrite: bool = False) -> dict[str, dict]:
-    """Generate the ``kinds`` datasets of a Maze2D env config unless identical ones exist.
+    """Generate the datasets of an env config unless identical ones exist: for Maze2D the ``kinds`` (base,
+    expert) named by ``env.<kind>_data``, for locomotion all of random, medium and expert (one SAC run makes
+    them; ``kinds`` does not apply) as ``relreward/<env.name>/<level>-v0``.
 
     A dataset that exists with the same generator settings is kept (so pipelines and sweeps share it);
     one made with other settings is refused unless ``overwrite``. Returns per kind: id, steps, seconds.
     """
+    if cfg.env.family == "locomotion":
+        return _make_locomotion_datasets(cfg, overwrite)
     if cfg.env.family != "maze2d":
-        raise UserError(f"make-dataset generates Maze2D data; env={cfg.env.name} is not a Maze2D environment. "
+        raise UserError(f"make-dataset generates Maze2D and locomotion data; env={cfg.env.name} is neither. "
                         "For other environments point env.base_data / env.expert_data at Minari ids or D4RL "
                         "HDF5 files.")
     root, gen = data_root(cfg), cfg.env.generate
@@ -73,24 +99,37 @@ def make_datasets(cfg: DictConfig, kinds: tuple[str, ...] = KINDS, overwrite: bo
                         episode_steps=gen[kind].episode_steps, goal_cell=tuple(cfg.env.goal_cell),
                         action_noise=gen.action_noise, seed=gen.seed + (0 if kind == "base" else 1))
         wanted = generation_metadata(**settings)
-        exists = (root / dataset_id).exists()
-        if exists and not overwrite:
-            found = read_dataset_metadata(dataset_id, root)
-            if found == wanted:
-                results[kind] = {"id": dataset_id, "steps": wanted["n_episodes"] * wanted["episode_steps"],
-                                 "seconds": 0.0, "status": "exists"}
-                continue
-            raise UserError(f"Dataset {dataset_id} already exists in {root} with other generator settings "
-                            f"({ {k: v for k, v in found.items() if wanted.get(k) != v} }). Pass overwrite=true "
-                            "to replace it, or data_dir=<another folder> to keep both.")
+        steps = wanted["n_episodes"] * wanted["episode_steps"]
+        if _up_to_date(dataset_id, wanted, root, overwrite):
+            results[kind] = {"id": dataset_id, "steps": steps, "seconds": 0.0, "status": "exists"}
+            continue
         start = time.perf_counter()
         episodes = generate_maze2d_episodes(**settings)
         env = make_maze_env(cfg.env.maze)
-        write_minari_dataset(dataset_id, episodes, env, wanted, root, overwrite=exists)
+        write_minari_dataset(dataset_id, episodes, env, wanted, root, overwrite=(root / dataset_id).exists())
         env.close()
-        results[kind] = {"id": dataset_id, "steps": wanted["n_episodes"] * wanted["episode_steps"],
-                         "seconds": time.perf_counter() - start, "status": "written"}
+        results[kind] = {"id": dataset_id, "steps": steps, "seconds": time.perf_counter() - start,
+                         "status": "written"}
     return results
+
+
+def _make_locomotion_datasets(cfg: DictConfig, overwrite: bool) -> dict[str, dict]:
+    root, gen = data_root(cfg), cfg.env.generate
+    settings = locomotion_settings(cfg.env.name, gen.sac.total_steps, gen.sac.eval_every, dict(gen.n_steps),
+                                   gen.seed, gen.sac.eval_episodes, gen.sac.learning_starts,
+                                   cfg.env.max_episode_steps)
+    wanted = {"generator": GENERATOR, "settings": settings}
+    ids = {level: locomotion_dataset_id(cfg.env.name, level) for level in LEVELS}
+    if all([_up_to_date(ids[level], wanted, root, overwrite) for level in LEVELS]):
+        return {level: {"id": ids[level], "steps": settings["n_steps"][level], "seconds": 0.0, "status": "exists"}
+                for level in LEVELS}
+    start = time.perf_counter()
+    generated = generate_locomotion_episodes(**settings)
+    write_locomotion_datasets(generated, root, overwrite=True)
+    seconds = time.perf_counter() - start
+    return {level: {"id": ids[level], "steps": settings["n_steps"][level], "seconds": seconds, "status": "written",
+                    "mean_return": generated[level]["metadata"]["dataset_mean_return"][level]}
+            for level in LEVELS}
 
 
 def main(cfg: DictConfig) -> dict:

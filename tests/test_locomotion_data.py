@@ -1,0 +1,89 @@
+import sys
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from relreward_cli.cli import CONFIG_DIR
+from relreward_cli.data.generate_locomotion import (
+    LEVELS,
+    generate_locomotion_episodes,
+    locomotion_dataset_id,
+    locomotion_settings,
+    write_locomotion_datasets,
+)
+from relreward_cli.data.generate_maze import read_dataset_metadata
+from relreward_cli.data.sources import dataset_info, load_episodes
+from relreward_cli.errors import UserError
+
+SETTINGS = locomotion_settings("halfcheetah", total_steps=300, eval_every=100, seed=0, eval_episodes=2,
+                               learning_starts=100, max_episode_steps=25,
+                               n_steps={"random": 60, "medium": 40, "expert": 50})
+
+
+@pytest.fixture(scope="module")
+def generated():
+    return generate_locomotion_episodes(**SETTINGS, progress=False)
+
+
+def test_levels_round_trip_through_minari(generated, tmp_path):
+    paths = write_locomotion_datasets(generated, tmp_path)
+    assert set(paths) == set(LEVELS)
+    for level in LEVELS:
+        source = f"generated:{locomotion_dataset_id('halfcheetah', level)}"
+        episodes = load_episodes(source, tmp_path)
+        assert sum(map(len, episodes)) == SETTINGS["n_steps"][level]
+        assert [len(episode) for episode in episodes[:-1]] == [25] * (len(episodes) - 1)  # HalfCheetah never ends
+        assert all(episode.timeouts[-1] and not episode.terminals.any() for episode in episodes)
+        assert episodes[0].observations.shape == (26, 17) and episodes[0].actions.shape == (25, 6)
+        assert np.abs(np.concatenate([episode.actions for episode in episodes])).max() <= 1.0
+        for stored, episode in zip(episodes, generated[level]["episodes"], strict=True):
+            np.testing.assert_array_equal(stored.observations, episode["observations"])
+            np.testing.assert_array_equal(stored.actions, episode["actions"])
+
+        metadata = read_dataset_metadata(locomotion_dataset_id("halfcheetah", level), tmp_path)
+        assert metadata["settings"] == SETTINGS and metadata["level"] == level
+        assert metadata["gym_id"] == "HalfCheetah-v5" and [step for step, _ in metadata["evaluations"]] == [100, 200,
+                                                                                                          300]
+        assert metadata["medium_snapshot"]["step"] in (100, 200, 300)
+        info = dataset_info(source, tmp_path)
+        mean_returns = metadata["dataset_mean_return"]
+        assert info["ref_min_score"] == pytest.approx(mean_returns["random"])
+        assert info["ref_max_score"] == pytest.approx(mean_returns["expert"])
+    with pytest.raises(UserError, match="already exists"):
+        write_locomotion_datasets(generated, tmp_path)
+
+
+def test_same_seed_same_datasets(generated):
+    again = generate_locomotion_episodes(**SETTINGS, progress=False)
+    for level in LEVELS:
+        assert again[level]["metadata"] == generated[level]["metadata"]
+        for a, b in zip(generated[level]["episodes"], again[level]["episodes"], strict=True):
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_settings_are_checked():
+    with pytest.raises(UserError, match="random, medium, expert"):
+        locomotion_settings("halfcheetah", 300, 100, {"random": 10, "expert": 10}, seed=0)
+    with pytest.raises(UserError, match="total_steps >= eval_every"):
+        locomotion_settings("halfcheetah", 50, 100, dict.fromkeys(LEVELS, 10), seed=0)
+
+
+def test_make_dataset_cli_and_quick_preset(cli, tmp_path):
+    args = ["make-dataset", "env=halfcheetah", "experiment=smoke", f"data_dir={tmp_path / 'data'}",
+            f"run_root={tmp_path / 'runs'}", "logger.mode=disabled"]
+    cli(args, cwd=tmp_path, check=True)
+    for level in LEVELS:
+        assert read_dataset_metadata(f"relreward/halfcheetah/{level}-v0", tmp_path / "data")["settings"]["n_steps"] \
+            == {"random": 50, "medium": 50, "expert": 50}
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        quick = compose("make_dataset", ["env=halfcheetah", "experiment=locomotion_quick"])
+    assert quick.env.base_data == "generated:relreward/halfcheetah/medium-v0"
+    assert quick.env.expert_data == "generated:relreward/halfcheetah/expert-v0"
+
+
+def test_missing_stable_baselines3_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "stable_baselines3", None)  # `import stable_baselines3` raises ImportError
+    with pytest.raises(UserError, match=r"pip install 'relreward\[locomotion\]'"):
+        generate_locomotion_episodes(**SETTINGS, progress=False)
