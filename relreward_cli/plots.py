@@ -35,7 +35,7 @@ def plot_maze_plans(geometry, plans_xy: np.ndarray, goal_xy: Sequence[float] | N
     """Draw plans ``(N, horizon, 2)`` (world x, y) on the maze, start dots and the goal star."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     _draw_trajectories(ax, geometry, plans_xy, goal_xy, title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _draw_trajectories(ax: plt.Axes, geometry, paths_xy: Sequence[np.ndarray], goal_xy: Sequence[float] | None,
@@ -58,7 +58,7 @@ def plot_maze_paths(geometry, paths_xy: dict[str, Sequence[np.ndarray]], goal_xy
     fig, axes = plt.subplots(1, len(paths_xy), figsize=(4 * len(paths_xy), 4.2), squeeze=False)
     for ax, (name, paths) in zip(axes[0], paths_xy.items(), strict=True):
         _draw_trajectories(ax, geometry, paths, goal_xy, name)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_episode_returns(returns: dict[str, np.ndarray], path: Path, ylabel: str = "return") -> Path:
@@ -71,7 +71,7 @@ def plot_episode_returns(returns: dict[str, np.ndarray], path: Path, ylabel: str
     ax.set_xlabel("episode")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _standardize(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ def plot_reward_maps(geometry, xs: np.ndarray, ys: np.ndarray, learned: np.ndarr
             ax.scatter([goal_xy[0]], [goal_xy[1]], marker="*", c="red", s=120, edgecolors="k", zorder=5)
             ax.set_title(title, fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curve(steps: Sequence[float], series: dict[str, Sequence[float]], path: Path, xlabel: str,
@@ -122,13 +122,15 @@ def plot_curve(steps: Sequence[float], series: dict[str, Sequence[float]], path:
     if len(series) > 1:
         ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 110, title_space_in: float = 0.0) -> Path:
+    """Lay out, save (creating the folder) and close ``fig``; ``title_space_in`` inches stay free on top for a
+    suptitle."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_space_in / fig.get_figheight()))
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

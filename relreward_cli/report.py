@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from relreward_cli.errors import UserError
+from relreward_cli.plots import save_figure  # first: it selects the Agg backend
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +235,6 @@ def markdown(report: Report) -> str:
 
 def plot_bars(report: Report, path: Path) -> Path | None:
     """One panel per kind of metric; a group of bars per task; error bars are the standard error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -264,11 +262,7 @@ def plot_bars(report: Report, path: Path) -> Path | None:
         if len(series) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(f"{report.title}: mean ± s.e. over seeds")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, title_space_in=0.4)
 
 
 def plot_heatmap_grid(report: Report, path: Path) -> Path | None:
@@ -279,9 +273,6 @@ def plot_heatmap_grid(report: Report, path: Path) -> Path | None:
     rows = {task: cells for task, cells in rows.items() if cells}
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
@@ -300,11 +291,7 @@ def plot_heatmap_grid(report: Report, path: Path) -> Path | None:
                 ax.imshow(mpimg.imread(image))
                 ax.set_title(f"{task} — seed {seed}", fontsize=9)
     fig.suptitle(f"{report.title}: learned reward maps (tasks x seeds)")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title_space_in=0.5)
 
 
 def fill_from_wandb(report: Report) -> str:

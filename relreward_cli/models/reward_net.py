@@ -4,16 +4,14 @@ import torch
 from torch import nn
 
 from relreward_cli.models.unet import (
-    DownPath,
     Mish,
     ResidualTemporalBlock,
-    check_architecture,
+    TemporalEncoder,
     check_segment,
-    time_mlp,
 )
 
 
-class RewardNet(nn.Module):
+class RewardNet(TemporalEncoder):
     """Scalar reward of a noised segment: the temporal U-Net's down path, then a flattening MLP.
 
     The down path (two residual temporal blocks per level, horizon halved between levels) is followed by a
@@ -24,12 +22,8 @@ class RewardNet(nn.Module):
 
     def __init__(self, horizon: int, transition_dim: int, dim: int = 32,
                  dim_mults: tuple[int, ...] = (1, 2, 4), kernel_size: int = 5):
-        super().__init__()
-        check_architecture(horizon, dim_mults, kernel_size)
-        self.horizon, self.transition_dim = horizon, transition_dim
-        channels = [dim * m for m in dim_mults]
-        self.time_mlp = time_mlp(dim)
-        self.down = DownPath(transition_dim, channels, dim, kernel_size)
+        super().__init__(horizon, transition_dim, dim, dim_mults, kernel_size)
+        channels = self.channels
         mid_channels = max(channels[-1] // 4, 1)
         self.mid = ResidualTemporalBlock(channels[-1], mid_channels, dim, kernel_size)
         features = mid_channels * horizon // 2 ** (len(channels) - 1)

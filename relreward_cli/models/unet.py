@@ -120,7 +120,20 @@ class DownPath(nn.Module):
         return h, skips
 
 
-class TemporalUnet(nn.Module):
+class TemporalEncoder(nn.Module):
+    """What the U-Net and the reward network share: shape checks, the time-embedding MLP and the down path
+    (`channels[i] = dim * dim_mults[i]` at level i)."""
+
+    def __init__(self, horizon: int, transition_dim: int, dim: int, dim_mults: tuple[int, ...], kernel_size: int):
+        super().__init__()
+        check_architecture(horizon, dim_mults, kernel_size)
+        self.horizon, self.transition_dim = horizon, transition_dim
+        self.channels = [dim * m for m in dim_mults]
+        self.time_mlp = time_mlp(dim)
+        self.down = DownPath(transition_dim, self.channels, dim, kernel_size)
+
+
+class TemporalUnet(TemporalEncoder):
     """Noise predictor `eps(x_t, t)` for trajectory segments.
 
     Channels per level are `dim * dim_mults[i]`; each level has two residual temporal blocks, the horizon is
@@ -130,12 +143,8 @@ class TemporalUnet(nn.Module):
 
     def __init__(self, horizon: int, transition_dim: int, dim: int = 32,
                  dim_mults: tuple[int, ...] = (1, 2, 4), kernel_size: int = 5):
-        super().__init__()
-        check_architecture(horizon, dim_mults, kernel_size)
-        self.horizon, self.transition_dim = horizon, transition_dim
-        channels = [dim * m for m in dim_mults]
-        self.time_mlp = time_mlp(dim)
-        self.down = DownPath(transition_dim, channels, dim, kernel_size)
+        super().__init__(horizon, transition_dim, dim, dim_mults, kernel_size)
+        channels = self.channels
         self.mid = nn.ModuleList([ResidualTemporalBlock(channels[-1], channels[-1], dim, kernel_size)
                                   for _ in range(2)])
         self.ups = nn.ModuleList()
