@@ -109,6 +109,20 @@ def plot_reward_maps(geometry, xs: np.ndarray, ys: np.ndarray, learned: np.ndarr
     return save_figure(fig, path)
 
 
+def plot_segment_rewards(learned: np.ndarray, returns: np.ndarray, is_expert: np.ndarray, t: int, rho: float,
+                         path: Path) -> Path:
+    """Learned reward ``(N,)`` of dataset segments against their env return ``(N,)``, base and expert
+    segments (``is_expert`` ``(N,)`` bool) in two colours."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for index, (name, mask) in enumerate((("base data", ~is_expert), ("expert data", is_expert))):
+        ax.scatter(returns[mask], learned[mask], s=4, alpha=0.5, color=f"C{index}", label=name)
+    ax.set_xlabel("env return of the segment")
+    ax.set_ylabel(f"learned reward, t={t}")
+    ax.set_title(f"dataset segments (Pearson {rho:.3f})", fontsize=9)
+    ax.legend(fontsize=8, markerscale=3)
+    return save_figure(fig, path)
+
+
 def plot_curve(steps: Sequence[float], series: dict[str, Sequence[float]], path: Path, xlabel: str,
                ylabel: str, title: str = "", logy: bool = False) -> Path:
     """Line plot of one or more named series against ``steps``."""

@@ -168,17 +168,20 @@ class RunTracker:
 
 
 def print_summary_table(title: str, rows: Mapping[str, Any]) -> None:
-    """Print a two-column summary table (rich) at the end of a stage."""
+    """Print a two-column summary table (rich) at the end of a stage, under `title` on one unwrapped line (it
+    often ends with a run folder's path, which a table title would wrap to the table's width)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(title), show_header=True, header_style="bold")
+    table = Table(show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in rows.items():
         table.add_row(escape(str(key)), escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
-    Console(stderr=False).print(table)
+    console = Console(stderr=False)
+    console.print(f"[bold]{escape(title)}[/bold]", soft_wrap=True)
+    console.print(table)
 
 
 def tracker_from_config(cfg, run_dir: Path, job_type: str, group: str | None = None) -> RunTracker:

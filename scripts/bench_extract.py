@@ -24,14 +24,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 from bench_train import (  # noqa: E402  (scripts/ is on sys.path when this file is run)
+    TRAINING_COLUMNS,
     bench_training,
     compose_config,
-    describe,
     devices,
     parse_args,
     print_table,
     setup,
     synthetic_segments,
+    training_row,
 )
 
 
@@ -65,9 +66,7 @@ def main() -> None:
                     info={"bench": True}, on_log=on_log)
 
             result = bench_training(run, args.budget_s, args.max_steps, device)
-        memory = "peak RSS" if device.type == "cpu" else "max allocated"
-        rows.append((describe(device), result["steps_per_s"], f"{result['median_step_ms']:.0f} ms",
-                     result["steps"], f"{result['peak_mb']:.0f} MB ({memory})"))
+        rows.append(training_row(device, result))
     diffusion_params = sum(p.numel() for p in models[0].diffusion.model.parameters())
     reward_params = sum(p.numel() for p in RewardNet(spec.horizon, spec.transition_dim, cfg.reward.dim,
                                                      tuple(cfg.reward.dim_mults)).parameters())
@@ -76,7 +75,7 @@ def main() -> None:
         f"dim {cfg.model.dim} x {list(cfg.model.dim_mults)} ({diffusion_params / 1e6:.2f}M params each), reward "
         f"net dim {cfg.reward.dim} x {list(cfg.reward.dim_mults)} ({reward_params / 1e6:.2f}M params), batch "
         f"{ec.batch_size}, {spec.n_steps} diffusion steps",
-        ("device", "extract steps/s", "median step", "timed steps", "peak memory"), rows)
+        ("device", "extract steps/s", *TRAINING_COLUMNS), rows)
 
 
 if __name__ == "__main__":

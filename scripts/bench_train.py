@@ -131,6 +131,16 @@ def bench_training(run, budget_s: float, max_steps: int, device: torch.device, w
             "steps": len(steps), "peak_mb": peak}
 
 
+def training_row(device: torch.device, result: dict) -> tuple:
+    """The table cells of a :func:`bench_training` result: device, steps/s, median step, steps, peak memory."""
+    memory = "peak RSS" if device.type == "cpu" else "max allocated"
+    return (describe(device), result["steps_per_s"], f"{result['median_step_ms']:.0f} ms", result["steps"],
+            f"{result['peak_mb']:.0f} MB ({memory})")
+
+
+TRAINING_COLUMNS = ("median step", "timed steps", "peak memory")
+
+
 def peak_rss_mb() -> float:
     import resource
 
@@ -200,15 +210,13 @@ def main() -> None:
         with torch.no_grad():  # warm-up: same shapes, two steps
             diffusion.sample(PLAN_BATCH, sampler="ddim", n_sample_steps=2, generator=torch.Generator(device))
         latency = {name: sampling_latency(diffusion, device, *how) for name, how in samplers.items()}
-        memory = "peak RSS" if device.type == "cpu" else "max allocated"
-        rows.append((describe(device), train["steps_per_s"], f"{train['median_step_ms']:.0f} ms", train["steps"],
-                     f"{train['peak_mb']:.0f} MB ({memory})", *(f"{s * 1000:.0f} ms" for s in latency.values())))
+        rows.append((*training_row(device, train), *(f"{s * 1000:.0f} ms" for s in latency.values())))
     n_params = sum(p.numel() for p in diffusion.model.parameters())
     print_table(
         f"train-diffusion benchmark: horizon {cfg.horizon}, transition_dim {spec.transition_dim}, U-Net dim "
         f"{cfg.model.dim} x {list(cfg.model.dim_mults)} ({n_params / 1e6:.2f}M params), batch {tc.batch_size}, "
         f"{n} diffusion steps; sampling latency for one batch of {PLAN_BATCH} plans (median)",
-        ("device", "train steps/s", "median step", "timed steps", "train peak memory", *latency), rows)
+        ("device", "train steps/s", *TRAINING_COLUMNS, *latency), rows)
 
 
 if __name__ == "__main__":

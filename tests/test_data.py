@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import h5py
 import minari
 import numpy as np
@@ -6,8 +8,8 @@ import torch
 from minari.data_collector import EpisodeBuffer
 
 from relreward_cli.data.generate_maze import (
+    Maze2DGeneration,
     generate_maze2d_episodes,
-    generation_metadata,
     read_dataset_metadata,
     write_minari_dataset,
 )
@@ -18,7 +20,7 @@ from relreward_cli.envs.maze import MazeGeometry
 from relreward_cli.envs.registry import make_maze_env
 from relreward_cli.errors import UserError
 
-SETTINGS = dict(
+SETTINGS = Maze2DGeneration(
     maze="umaze", kind="expert", n_episodes=3, episode_steps=250, goal_cell=(1, 1), action_noise=0.3, seed=0
 )
 DATASET_ID = "relreward/umaze-expert-v0"
@@ -26,19 +28,19 @@ DATASET_ID = "relreward/umaze-expert-v0"
 
 @pytest.fixture(scope="module")
 def expert_episodes():
-    return generate_maze2d_episodes(**SETTINGS, progress=False)
+    return generate_maze2d_episodes(SETTINGS, progress=False)
 
 
 def test_generation_is_seeded(expert_episodes):
-    again = generate_maze2d_episodes(**SETTINGS, progress=False)
-    other = generate_maze2d_episodes(**{**SETTINGS, "seed": 1}, progress=False)
+    again = generate_maze2d_episodes(SETTINGS, progress=False)
+    other = generate_maze2d_episodes(replace(SETTINGS, seed=1), progress=False)
     for key in expert_episodes[0]:
         assert all(np.array_equal(a[key], b[key]) for a, b in zip(expert_episodes, again, strict=True))
     assert not np.allclose(expert_episodes[0]["observations"], other[0]["observations"])
 
 
 def test_expert_episodes_end_at_the_goal(expert_episodes):
-    goal_xy = MazeGeometry.from_name("umaze").cell_to_xy(np.array(SETTINGS["goal_cell"]))
+    goal_xy = MazeGeometry.from_name("umaze").cell_to_xy(np.array(SETTINGS.goal_cell))
     for episode in expert_episodes:
         assert episode["observations"].shape == (251, 4) and episode["actions"].shape == (250, 2)
         assert episode["observations"].dtype == np.float32 and np.abs(episode["actions"]).max() <= 1
@@ -51,15 +53,16 @@ def test_expert_episodes_end_at_the_goal(expert_episodes):
 
 def test_base_episodes_wander():
     geometry = MazeGeometry.from_name("umaze")
-    (episode,) = generate_maze2d_episodes("umaze", "base", 1, 1000, (1, 1), 0.3, seed=0, progress=False)
+    (episode,) = generate_maze2d_episodes(replace(SETTINGS, kind="base", n_episodes=1, episode_steps=1000),
+                                          progress=False)
     visited = {tuple(cell) for cell in geometry.xy_to_cell(episode["observations"][:, :2]).tolist()}
     assert visited == {tuple(cell) for cell in geometry.free_cells().tolist()}
     with pytest.raises(UserError, match="kind"):
-        generate_maze2d_episodes("umaze", "random", 1, 10, (1, 1), 0.0, seed=0, progress=False)
+        replace(SETTINGS, kind="random")
 
 
 def test_minari_round_trip(expert_episodes, tmp_path, monkeypatch):
-    env, metadata = make_maze_env("umaze", max_episode_steps=250), generation_metadata(**SETTINGS)
+    env, metadata = make_maze_env("umaze", max_episode_steps=250), SETTINGS.metadata()
     path = write_minari_dataset(DATASET_ID, expert_episodes, env, metadata, tmp_path)
     assert path == tmp_path / DATASET_ID and sorted(p.name for p in tmp_path.iterdir()) == ["relreward"]
 

@@ -184,6 +184,29 @@ def test_training_lowers_the_loss(trained):
     assert after < 0.5 * before, (before, after)
 
 
+class ZeroEps(nn.Module):
+    """Predicts no noise: the loss is then the mean of the drawn noise's squares."""
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x_t)
+
+
+def test_action_weight_counts_the_first_actions_more():
+    diffusion = GaussianDiffusion(ZeroEps(), NoiseSchedule(N_STEPS), HORIZON, TRANSITION_DIM, ACTION_DIM)
+    x0 = torch.zeros(4, HORIZON, TRANSITION_DIM)
+    conditions = {0: x0[:, 0, ACTION_DIM:]}
+    generator = torch.Generator().manual_seed(0)
+    torch.randint(0, N_STEPS, (4,), generator=generator)  # the loss draws t first, then the noise
+    eps = torch.randn(x0.shape, generator=generator)
+    free = torch.ones(HORIZON, TRANSITION_DIM)
+    free[0, ACTION_DIM:] = 0  # the inpainted start state has no noise to predict
+    n_free = free.sum() * len(x0)
+    for weight in (1.0, 10.0):
+        loss = diffusion.loss(x0, conditions, torch.Generator().manual_seed(0), action_weight=weight)
+        expected = ((eps**2 * free).sum() + (weight - 1) * (eps[:, 0, :ACTION_DIM] ** 2).sum()) / n_free
+        torch.testing.assert_close(loss, expected)
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_guidance_scale_zero_is_unguided(trained, sampler):
     diffusion, *_ = trained

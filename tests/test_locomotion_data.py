@@ -83,6 +83,20 @@ def test_make_dataset_cli_and_quick_preset(cli, tmp_path):
     assert quick.env.expert_data == "generated:relreward/halfcheetah/expert-v0"
 
 
+def test_env_configs_carry_their_planning_defaults():
+    """Locomotion envs bring Diffuser's settings (first-action loss weight, replanning every step, HalfCheetah's
+    horizon 4); Maze2D keeps the base config's; a preset or the command line still overrides them."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cheetah = compose("pipeline", ["env=halfcheetah"])
+        hopper = compose("pipeline", ["env=hopper"])
+        maze = compose("pipeline", [])
+        overridden = compose("pipeline", ["env=halfcheetah", "horizon=8", "steer.replan_every=2"])
+    assert (cheetah.horizon, cheetah.train.action_weight, cheetah.steer.replan_every) == (4, 10.0, 1)
+    assert (hopper.horizon, hopper.train.action_weight, hopper.steer.replan_every) == (32, 10.0, 1)
+    assert (maze.horizon, maze.train.action_weight, maze.steer.replan_every) == (32, 1.0, 8)
+    assert (overridden.horizon, overridden.steer.replan_every) == (8, 2)
+
+
 def test_missing_stable_baselines3_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)  # `import stable_baselines3` raises ImportError
     with pytest.raises(UserError, match=r"pip install 'relreward\[locomotion\]'"):

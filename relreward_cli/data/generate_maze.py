@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -32,22 +33,52 @@ KINDS = ("base", "expert")
 GOAL_RADIUS = 0.1  # world units: a wandering target counts as reached this close (D4RL's solve_thresh)
 
 
-def generate_maze2d_episodes(
-    maze: str,
-    kind: str,
-    n_episodes: int,
-    episode_steps: int,
-    goal_cell: tuple[int, int],
-    action_noise: float,
-    seed: int,
-    goal_timeout: int | None = None,
-    progress: bool = True,
-) -> list[dict[str, np.ndarray]]:
-    """Drive PointMaze (`maze`: umaze, medium, large) with the waypoint controller for `n_episodes` episodes
-    of `episode_steps` steps, each from a random free cell.
+@dataclass(frozen=True)
+class Maze2DGeneration:
+    """Settings of one generated Maze2D dataset (see `generate_maze2d_episodes`).
+
+    maze: umaze, medium or large; kind: base or expert; episode_steps: env steps per episode; goal_cell:
+    (row, col) of the expert's goal; action_noise: std of the Gaussian noise added to the controller's actions;
+    goal_timeout: steps a base episode pursues one target (None: the maze's max episode steps).
+    """
+
+    maze: str
+    kind: str
+    n_episodes: int
+    episode_steps: int
+    goal_cell: tuple[int, int]
+    action_noise: float
+    seed: int
+    goal_timeout: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"Unknown dataset kind '{self.kind}'. Choose one of: {', '.join(KINDS)}.")
+        object.__setattr__(self, "goal_cell", MazeGeometry.from_name(self.maze).check_free(self.goal_cell))
+        if self.goal_timeout is None:
+            object.__setattr__(self, "goal_timeout", maze_environment(self.maze).max_episode_steps)
+
+    def metadata(self) -> dict:
+        """JSON-ready record of these settings with the maze map, the goal cell and its centre (world xy), the
+        Gymnasium id and the controller's gains."""
+        geometry = MazeGeometry.from_name(self.maze)
+        controller = WaypointController(geometry)
+        return {
+            "generator": "maze2d_waypoint", **asdict(self), "goal_cell": list(self.goal_cell),
+            "gym_id": maze_environment(self.maze).gym_id, "maze_map": geometry.maze_map.tolist(),
+            "maze_scaling": geometry.scaling, "goal_xy": geometry.cell_to_xy(np.array(self.goal_cell)).tolist(),
+            "goal_radius": GOAL_RADIUS,
+            "controller": {"p_gain": controller.p_gain, "d_gain": controller.d_gain,
+                           "waypoint_radius": controller.waypoint_radius},
+        }
+
+
+def generate_maze2d_episodes(settings: Maze2DGeneration, progress: bool = True) -> list[dict[str, np.ndarray]]:
+    """Drive PointMaze (`settings.maze`) with the waypoint controller for `n_episodes` episodes of
+    `episode_steps` steps, each from a random free cell.
 
     kind="base": wanders as D4RL did: heads to a random free cell and, on reaching it (within GOAL_RADIUS) or
-    after `goal_timeout` steps (default: the maze's max episode steps), to another one.
+    after `goal_timeout` steps, to another one.
     kind="expert": heads to the centre of `goal_cell` from a start cell other than it, then hovers there.
     Actions get Gaussian noise of std `action_noise`, then are clipped to [-1, 1]. The env's own goal (and
     hence its sparse reward: 1 within 0.45 of the goal) is `goal_cell` for both kinds. Same seed, same arrays.
@@ -55,20 +86,16 @@ def generate_maze2d_episodes(
     Returns one dict per episode: observations (T + 1, 4) float32 (x, y, vx, vy), actions (T, 2) float32,
     rewards (T,) float32, terminations (T,) bool, truncations (T,) bool (the last True); T = episode_steps.
     """
-    if kind not in KINDS:
-        raise UserError(f"Unknown dataset kind '{kind}'. Choose one of: {', '.join(KINDS)}.")
-    geometry = MazeGeometry.from_name(maze)
-    goal_cell = geometry.check_free(goal_cell)
-    goal_timeout = goal_timeout or maze_environment(maze).max_episode_steps
+    kind, goal = settings.kind, np.array(settings.goal_cell)
+    geometry = MazeGeometry.from_name(settings.maze)
     free = geometry.free_cells()
-    starts = free if kind == "base" else free[(free != goal_cell).any(axis=1)]
-    rng = np.random.default_rng(seed)
-    env = make_maze_env(maze, max_episode_steps=episode_steps)
+    starts = free if kind == "base" else free[(free != goal).any(axis=1)]
+    rng = np.random.default_rng(settings.seed)
+    env = make_maze_env(settings.maze, max_episode_steps=settings.episode_steps)
     controller = WaypointController(geometry)
-    goal = np.array(goal_cell)
     goal_xy = geometry.cell_to_xy(goal)
     episodes = []
-    for _ in tqdm(range(n_episodes), desc=f"{maze} {kind} episodes", disable=not progress):
+    for _ in tqdm(range(settings.n_episodes), desc=f"{settings.maze} {kind} episodes", disable=not progress):
         start = starts[rng.integers(len(starts))]
         obs, _ = env.reset(seed=int(rng.integers(2**31)), options={"reset_cell": start, "goal_cell": goal})
         controller.reset()
@@ -78,12 +105,12 @@ def generate_maze2d_episodes(
         terminated = truncated = False
         while not (terminated or truncated):
             position = obs["observation"][:2]
-            if kind == "base" and (target is None or steps_to_target >= goal_timeout
+            if kind == "base" and (target is None or steps_to_target >= settings.goal_timeout
                                    or np.linalg.norm(position - target) < GOAL_RADIUS):
                 here = geometry.xy_to_cell(position)
                 candidates = free[(free != here).any(axis=1)]
                 target, steps_to_target = geometry.cell_to_xy(candidates[rng.integers(len(candidates))]), 0
-            action = controller(obs["observation"], target) + action_noise * rng.standard_normal(2)
+            action = controller(obs["observation"], target) + settings.action_noise * rng.standard_normal(2)
             action = np.clip(action, -1.0, 1.0)
             obs, reward, terminated, truncated, _ = env.step(action)
             steps_to_target += 1
@@ -100,32 +127,6 @@ def stack_episode(steps: dict[str, list]) -> dict[str, np.ndarray]:
     dict: float32, and bool for the flags."""
     return {key: np.array(value, dtype=np.float32 if key in ("observations", "actions", "rewards") else bool)
             for key, value in steps.items()}
-
-
-def generation_metadata(
-    maze: str,
-    kind: str,
-    n_episodes: int,
-    episode_steps: int,
-    goal_cell: tuple[int, int],
-    action_noise: float,
-    seed: int,
-    goal_timeout: int | None = None,
-) -> dict:
-    """JSON-ready record of a `generate_maze2d_episodes` call (same arguments but `progress`): every setting,
-    the maze map, the goal cell and its centre (world xy), the Gymnasium id and the controller's gains."""
-    geometry = MazeGeometry.from_name(maze)
-    goal_cell = geometry.check_free(goal_cell)
-    controller = WaypointController(geometry)
-    return {
-        "generator": "maze2d_waypoint", "maze": maze, "kind": kind, "gym_id": maze_environment(maze).gym_id,
-        "maze_map": geometry.maze_map.tolist(), "maze_scaling": geometry.scaling,
-        "goal_cell": list(goal_cell), "goal_xy": geometry.cell_to_xy(np.array(goal_cell)).tolist(),
-        "n_episodes": n_episodes, "episode_steps": episode_steps, "action_noise": action_noise, "seed": seed,
-        "goal_radius": GOAL_RADIUS, "goal_timeout": goal_timeout or maze_environment(maze).max_episode_steps,
-        "controller": {"p_gain": controller.p_gain, "d_gain": controller.d_gain,
-                       "waypoint_radius": controller.waypoint_radius},
-    }
 
 
 def write_minari_dataset(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from relreward_cli.data.normalizer import Normalizer, fit_transition_normalizer
 from relreward_cli.data.segments import SegmentDataset, TransitionLayout
-from relreward_cli.data.sources import load_episodes
+from relreward_cli.data.sources import Episode, load_episodes
 from relreward_cli.errors import UserError
 
 
@@ -22,6 +22,7 @@ class SegmentPair:
     obs_dim: int
     act_dim: int
     sources: dict[str, str]
+    episodes: dict[str, list[Episode]] = field(default_factory=dict)  # the raw episodes, by kind
 
     def __getitem__(self, kind: str) -> SegmentDataset:
         if kind not in ("base", "expert"):
@@ -45,4 +46,4 @@ def load_segment_pair(base_source: str, expert_source: str, root: Path | None, h
     segments = {kind: SegmentDataset(eps, horizon, use_actions, normalizer) for kind, eps in episodes.items()}
     obs_dim, act_dim = dims["base"]
     return SegmentPair(segments["base"], segments["expert"], normalizer, segments["base"].layout, obs_dim,
-                       act_dim, {"base": base_source, "expert": expert_source})
+                       act_dim, {"base": base_source, "expert": expert_source}, episodes)

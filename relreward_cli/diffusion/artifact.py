@@ -148,13 +148,14 @@ def check_compatible(base: TrainedDiffusion, expert: TrainedDiffusion) -> None:
 def train_diffusion(spec: DiffusionSpec, segments: SegmentPair, kind: str, run_dir: Path, *, n_steps: int,
                     batch_size: int, lr: float, ema_decay: float, ema_start: int, grad_clip: float,
                     save_every: int, log_every: int, generator: torch.Generator, device: torch.device,
-                    info: dict[str, Any], start_conditioned: float = 0.5,
+                    info: dict[str, Any], start_conditioned: float = 0.5, action_weight: float = 1.0,
                     on_log=None) -> tuple[TrainedDiffusion, TrainResult]:
     """Train a diffusion model on ``segments[kind]``, resuming from ``run_dir/checkpoint.pt``.
 
     A ``start_conditioned`` share of each batch is trained with its first state inpainted (as Diffuser does),
     so that planning from a given state continues from it; the rest unconditioned, so that the model's
-    score is also that of whole segments, which reward extraction differentiates.
+    score is also that of whole segments, which reward extraction differentiates. ``action_weight``: see
+    :meth:`GaussianDiffusion.loss`.
 
     Writes ``run_dir/model.pt`` (EMA weights + spec + normalizer + ``info``) atomically at the end and
     returns it loaded, with the loop's :class:`TrainResult`.
@@ -171,7 +172,8 @@ def train_diffusion(spec: DiffusionSpec, segments: SegmentPair, kind: str, run_d
         x0 = data.sample(batch_size, generator)
         parts = {"start_conditioned": (x0[:n_conditioned], {0: x0[:n_conditioned, 0, spec.action_dim:]}),
                  "unconditioned": (x0[n_conditioned:], None)}
-        losses = {name: diffusion.loss(x, conditions) for name, (x, conditions) in parts.items() if len(x)}
+        losses = {name: diffusion.loss(x, conditions, action_weight=action_weight)
+                  for name, (x, conditions) in parts.items() if len(x)}
         loss = sum(value * len(parts[name][0]) for name, value in losses.items()) / batch_size
         return loss, {f"loss_{name}": value.item() for name, value in losses.items()}
 

@@ -83,19 +83,23 @@ class GaussianDiffusion(nn.Module):
         return self.model(x_t, t)
 
     def loss(self, x0: torch.Tensor, conditions: Conditions | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, action_weight: float = 1.0) -> torch.Tensor:
         """Eps-prediction MSE for clean segments `x0` `(B, H, D)` at uniformly drawn steps (scalar).
 
         Conditioned entries are inpainted into `x_t` with their clean values, as in sampling; they carry no
-        noise to predict, so they are excluded from the mean.
+        noise to predict, so they are excluded from the mean. The errors of the first step's actions (the ones
+        a planner executes) count `action_weight` times (Diffuser's locomotion models: 10); the mean stays
+        over the free entries, so 1 is the plain MSE.
         """
         t = torch.randint(0, self.schedule.n_steps, (x0.shape[0],), generator=generator, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = apply_conditioning(self.schedule.add_noise(x0, eps, t), conditions, self.action_dim)
-        free = torch.ones_like(x0[0])
+        weights = torch.ones_like(x0[0])
         for index in conditions or {}:
-            free[index, self.action_dim:] = 0
-        return ((self.predict_eps(x_t, t) - eps) ** 2 * free).sum() / (free.sum() * x0.shape[0])
+            weights[index, self.action_dim:] = 0
+        n_free = weights.sum()
+        weights[0, :self.action_dim] = action_weight
+        return ((self.predict_eps(x_t, t) - eps) ** 2 * weights).sum() / (n_free * x0.shape[0])
 
     def _x0_and_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:

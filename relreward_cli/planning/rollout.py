@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
+from tqdm import tqdm
 
 from relreward_cli.data.sources import flat_observations
 from relreward_cli.diffusion.artifact import DiffusionSpec
@@ -87,12 +88,14 @@ def _goal_distance(observations: Any) -> np.ndarray | None:
 
 
 def rollout(planner: GuidedPlanner, envs: gym.vector.VectorEnv, follower: PlanFollower, episode_seeds: list[int],
-            replan_every: int, reset_options: dict | None = None, success_radius: float = 0.5) -> Rollouts:
+            replan_every: int, reset_options: dict | None = None, success_radius: float = 0.5,
+            progress: str | None = None, max_steps: int | None = None) -> Rollouts:
     """One episode per sub-environment of `envs` (env `i` reset with `episode_seeds[i]`), until each ends.
 
     Every `replan_every` steps the planner plans for all unfinished episodes in one batch; in between, the
     follower follows each plan. A finished sub-environment (vector autoreset) is no longer planned for or
-    recorded. `replan_every` must leave a next planned step: `1 <= replan_every < horizon`.
+    recorded. `replan_every` must leave a next planned step: `1 <= replan_every < horizon`. `progress`: the
+    label of a progress bar over env steps (None: no bar), out of `max_steps` (the episodes' step limit).
     """
     horizon = planner.model.spec.horizon
     if not 1 <= replan_every < horizon:
@@ -110,6 +113,7 @@ def rollout(planner: GuidedPlanner, envs: gym.vector.VectorEnv, follower: PlanFo
     plans = np.zeros((n, horizon, planner.model.spec.transition_dim), dtype=np.float32)
     plan_seconds, t = [], 0
     space = envs.single_action_space
+    bar = tqdm(total=max_steps, desc=progress, unit="step", disable=progress is None, leave=False)
     while not done.all():
         step = t % replan_every
         if step == 0:
@@ -127,4 +131,8 @@ def rollout(planner: GuidedPlanner, envs: gym.vector.VectorEnv, follower: PlanFo
             paths[index].append(observations[index])
         done |= terminated | truncated
         t += 1
+        bar.update()
+        if step == 0:
+            bar.set_postfix(mean_return=f"{returns.mean():.1f}", refresh=False)
+    bar.close()
     return Rollouts(returns, lengths, success, [np.stack(path) for path in paths], np.array(plan_seconds))

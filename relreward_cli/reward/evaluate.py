@@ -1,4 +1,5 @@
-"""Scoring an extracted reward against a known ground truth: Maze2D reward maps.
+"""Scoring an extracted reward against a known ground truth: Maze2D reward maps, and (any env) the env's own
+return of dataset segments.
 
 A position ``(x, y)`` becomes a trajectory segment by holding it still for the whole horizon (velocity
 0, actions 0): the reward network only takes segments, and a segment resting at one point carries
@@ -16,8 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from relreward_cli.data.segments import episode_transitions
+from relreward_cli.data.sources import Episode
 from relreward_cli.diffusion.artifact import normalize_observations
 from relreward_cli.envs.maze import MazeGeometry
+from relreward_cli.errors import UserError
 from relreward_cli.reward.trainer import TrainedReward
 
 
@@ -39,16 +43,16 @@ def resting_segments(reward: TrainedReward, positions_xy: np.ndarray) -> torch.T
 
 
 @torch.no_grad()
-def reward_at_positions(reward: TrainedReward, positions_xy: np.ndarray, t: int, noise_samples: int = 16,
-                        seed: int = 0, batch_size: int = 4096) -> np.ndarray:
-    """``E_eps r(sqrt(alpha_bar_t) x_0 + sigma_t eps, t)`` ``(N,)`` for segments ``x_0`` resting at
-    ``positions_xy`` ``(N, 2)``, over ``noise_samples`` noise draws (0: at the mean alone), seeded."""
+def noised_reward(reward: TrainedReward, x0: torch.Tensor, t: int, noise_samples: int = 16, seed: int = 0,
+                  batch_size: int = 4096) -> np.ndarray:
+    """``E_eps r(sqrt(alpha_bar_t) x_0 + sigma_t eps, t)`` ``(N,)`` for normalized segments ``x0``
+    ``(N, horizon, transition_dim)``, over ``noise_samples`` seeded noise draws (0: at the mean alone)."""
     device = next(reward.net.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     alpha_bar = float(reward.schedule.alpha_bars[t])
     values = []
-    for start in range(0, len(positions_xy), batch_size):
-        mean = resting_segments(reward, positions_xy[start:start + batch_size]).to(device) * alpha_bar**0.5
+    for start in range(0, len(x0), batch_size):
+        mean = x0[start:start + batch_size].to(device) * alpha_bar**0.5
         steps = torch.full((len(mean),), t, device=device, dtype=torch.long)
         draws = [mean + (1 - alpha_bar) ** 0.5 * torch.randn(mean.shape, generator=generator, device=device)
                  for _ in range(noise_samples)] or [mean]
@@ -56,8 +60,78 @@ def reward_at_positions(reward: TrainedReward, positions_xy: np.ndarray, t: int,
     return torch.cat(values).numpy()
 
 
+def reward_at_positions(reward: TrainedReward, positions_xy: np.ndarray, t: int, noise_samples: int = 16,
+                        seed: int = 0) -> np.ndarray:
+    """:func:`noised_reward` ``(N,)`` of segments resting at ``positions_xy`` ``(N, 2)``."""
+    return noised_reward(reward, resting_segments(reward, positions_xy), t, noise_samples, seed)
+
+
+def episode_windows(episodes: list[Episode], horizon: int, use_actions: bool, n_windows: int,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n_windows`` raw segments ``(n_windows, horizon, transition_dim)`` drawn uniformly (seeded) from the
+    full windows of ``episodes`` (episodes shorter than ``horizon`` are skipped), and each one's return
+    ``(n_windows,)``: the sum of the env rewards of its ``horizon`` steps."""
+    transitions = episode_transitions(episodes, use_actions)
+    long_enough = [i for i, episode in enumerate(episodes) if len(episode) >= horizon]
+    if not long_enough:
+        raise UserError(f"No episode has {horizon} steps to cut a window from: use a shorter horizon.")
+    counts = np.array([len(episodes[i]) - horizon + 1 for i in long_enough])
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(counts.sum(), size=n_windows, replace=counts.sum() < n_windows)
+    bounds = np.cumsum(counts)
+    segments, returns = [], []
+    for pick in picks:
+        slot = int(np.searchsorted(bounds, pick, side="right"))
+        index, start = long_enough[slot], int(pick - (bounds[slot] - counts[slot]))
+        segments.append(transitions[index][start:start + horizon])
+        returns.append(float(episodes[index].rewards[start:start + horizon].sum()))
+    return np.stack(segments), np.array(returns)
+
+
+class BestTime:
+    """For results that hold one correlation per diffusion time (``t_values``, ``correlations``)."""
+
+    t_values: list[int]
+    correlations: list[float]
+
+    @property
+    def best(self) -> tuple[int, float]:
+        """(t, correlation) of the best diffusion time."""
+        index = int(np.argmax(self.correlations))
+        return self.t_values[index], self.correlations[index]
+
+
 @dataclass
-class RewardMap:
+class SegmentReturnFit(BestTime):
+    """The learned reward of dataset segments next to their env return. ``learned`` ``(len(t_values), N)``,
+    ``returns`` ``(N,)``, ``is_expert`` ``(N,)`` which dataset each segment came from; ``correlations`` the
+    Pearson correlation of ``learned[i]`` with ``returns``."""
+
+    learned: np.ndarray
+    returns: np.ndarray
+    is_expert: np.ndarray
+    t_values: list[int]
+    correlations: list[float]
+
+
+def segment_return_fit(reward: TrainedReward, base: list[Episode], expert: list[Episode], t_values: Sequence[int],
+                       n_windows: int = 1024, noise_samples: int = 16, seed: int = 0) -> SegmentReturnFit:
+    """Correlate the learned reward (:func:`noised_reward` at each ``t``) of ``n_windows`` segments from each
+    of the base and expert episodes with their env return: the ground truth of any env that logs rewards
+    (locomotion: forward progress minus control cost)."""
+    spec = reward.spec
+    raw, returns = zip(*(episode_windows(episodes, spec.horizon, spec.use_actions, n_windows, seed + i)
+                         for i, episodes in enumerate((base, expert))), strict=True)
+    x0 = torch.as_tensor(reward.normalizer.normalize(np.concatenate(raw)), dtype=torch.float32)
+    returns = np.concatenate(returns)
+    learned = np.stack([noised_reward(reward, x0, int(t), noise_samples, seed) for t in t_values])
+    is_expert = np.repeat([False, True], n_windows)
+    return SegmentReturnFit(learned, returns, is_expert, [int(t) for t in t_values],
+                            [pearson(row, returns) for row in learned])
+
+
+@dataclass
+class RewardMap(BestTime):
     """The learned reward on a grid next to the ground truth. ``learned`` is ``(len(t_values), ny, nx)``,
     ``truth`` (negative geodesic distance to the goal, world units) and ``free_mask`` are ``(ny, nx)``."""
 
@@ -68,12 +142,6 @@ class RewardMap:
     free_mask: np.ndarray
     t_values: list[int]
     correlations: list[float]
-
-    @property
-    def best(self) -> tuple[int, float]:
-        """(t, correlation) of the best diffusion time."""
-        index = int(np.argmax(self.correlations))
-        return self.t_values[index], self.correlations[index]
 
 
 def maze_reward_map(reward: TrainedReward, geometry: MazeGeometry, goal_xy: np.ndarray,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from relreward_cli.data.pairs import load_segment_pair
+from relreward_cli.data.pairs import SegmentPair, load_segment_pair
 from relreward_cli.diffusion.artifact import check_compatible, load_diffusion_model
-from relreward_cli.plots import plot_curve, plot_reward_maps
-from relreward_cli.reward.evaluate import maze_reward_map
+from relreward_cli.plots import plot_curve, plot_reward_maps, plot_segment_rewards
+from relreward_cli.reward.evaluate import maze_reward_map, pearson, segment_return_fit
 from relreward_cli.reward.trainer import train_reward
 from relreward_cli.stages.common import data_root, hydra_run_dir, log_to, maze_goal, torch_device
 from relreward_cli.tracking import RunTracker, print_summary_table, tracker_from_config
@@ -17,8 +17,9 @@ from relreward_cli.training import seed_everything
 
 
 def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, group: str | None = None) -> dict:
-    """Extract the reward of ``expert_model`` relative to ``base_model`` into ``run_dir``; on Maze2D also
-    draw the reward maps and correlate them with the ground truth. Returns the summary metrics."""
+    """Extract the reward of ``expert_model`` relative to ``base_model`` into ``run_dir``, then correlate it with
+    the env return of dataset segments and, on Maze2D, draw the reward maps against the ground truth. Returns
+    the summary metrics."""
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
@@ -37,6 +38,8 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
         metrics = {"steps": result.step, "final_loss": result.final_loss, "steps_per_s": result.steps_per_s,
                    "peak_memory_mb": result.peak_memory_mb, "device": str(device)}
         _plot_loss_bands(tracker)
+        if ec.eval_segments:
+            metrics |= _segment_returns(cfg, reward, segments, tracker)
         if cfg.env.family == "maze2d":
             metrics |= _maze_reward_maps(cfg, reward, tracker)
         tracker.summary(metrics)
@@ -54,6 +57,21 @@ def _plot_loss_bands(tracker: RunTracker) -> None:
     series |= {key.removeprefix("extract/loss_"): [row.get(key, float("nan")) for row in rows] for key in bands}
     plot_curve([row["step"] for row in rows], series, tracker.plots_dir / "extraction_loss.png", "step",
                "matching loss", "score-matching loss by band of diffusion time t", logy=True)
+
+
+def _segment_returns(cfg: DictConfig, reward, segments: SegmentPair, tracker: RunTracker) -> dict:
+    ec = cfg.extract
+    fit = segment_return_fit(reward, segments.episodes["base"], segments.episodes["expert"], list(ec.eval_t),
+                             ec.eval_segments, ec.eval_noise_samples, cfg.seed)
+    best_t, best = fit.best
+    learned = fit.learned[fit.t_values.index(best_t)]
+    path = plot_segment_rewards(learned, fit.returns, fit.is_expert, best_t, best,
+                                tracker.plots_dir / "segment_rewards.png")
+    tracker.log_image("segment_rewards", path)
+    within = {f"segment_pearson/best_within_{kind}": pearson(learned[mask], fit.returns[mask])
+              for kind, mask in (("base", ~fit.is_expert), ("expert", fit.is_expert))}
+    return {**{f"segment_pearson/t{t}": rho for t, rho in zip(fit.t_values, fit.correlations, strict=True)},
+            "segment_pearson/best": best, "segment_pearson/best_t": best_t, **within, "segment_plot": str(path)}
 
 
 def _maze_reward_maps(cfg: DictConfig, reward, tracker: RunTracker) -> dict:

@@ -19,8 +19,8 @@ from relreward_cli.data.generate_locomotion import (
     write_locomotion_datasets,
 )
 from relreward_cli.data.generate_maze import (
+    Maze2DGeneration,
     generate_maze2d_episodes,
-    generation_metadata,
     read_dataset_metadata,
     write_minari_dataset,
 )
@@ -95,16 +95,16 @@ def make_datasets(cfg: DictConfig, kinds: tuple[str, ...] = KINDS, overwrite: bo
         if source_kind != "generated":
             raise UserError(f"env.{kind}_data={cfg.env[f'{kind}_data']} is not a generated:<id> source, so "
                             "make-dataset has nothing to write; use generated:<namespace>/<name>-v0.")
-        settings = dict(maze=cfg.env.maze, kind=kind, n_episodes=gen[kind].n_episodes,
-                        episode_steps=gen[kind].episode_steps, goal_cell=tuple(cfg.env.goal_cell),
-                        action_noise=gen.action_noise, seed=gen.seed + (0 if kind == "base" else 1))
-        wanted = generation_metadata(**settings)
-        steps = wanted["n_episodes"] * wanted["episode_steps"]
+        settings = Maze2DGeneration(maze=cfg.env.maze, kind=kind, n_episodes=gen[kind].n_episodes,
+                                    episode_steps=gen[kind].episode_steps, goal_cell=tuple(cfg.env.goal_cell),
+                                    action_noise=gen.action_noise, seed=gen.seed + (0 if kind == "base" else 1))
+        wanted = settings.metadata()
+        steps = settings.n_episodes * settings.episode_steps
         if _up_to_date(dataset_id, wanted, root, overwrite):
             results[kind] = {"id": dataset_id, "steps": steps, "seconds": 0.0, "status": "exists"}
             continue
         start = time.perf_counter()
-        episodes = generate_maze2d_episodes(**settings)
+        episodes = generate_maze2d_episodes(settings)
         env = make_maze_env(cfg.env.maze)
         write_minari_dataset(dataset_id, episodes, env, wanted, root, overwrite=(root / dataset_id).exists())
         env.close()

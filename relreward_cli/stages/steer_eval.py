@@ -34,8 +34,9 @@ def episode_seeds(seed: int, n_episodes: int) -> list[int]:
 
 
 def evaluate_planner(cfg: DictConfig, model: TrainedDiffusion, guide: RewardGuide | None, n_plans: int,
-                     seed: int) -> Rollouts:
-    """``steer.n_episodes`` episodes of one planner for one seed, all in one vectorized env."""
+                     seed: int, name: str = "planner") -> Rollouts:
+    """``steer.n_episodes`` episodes of one planner (called ``name`` on its progress bar) for one seed, all in
+    one vectorized env."""
     sc, env = cfg.steer, environment(cfg.env.name)
     generator = torch.Generator(model.diffusion.device).manual_seed(seed)
     planner = GuidedPlanner(model, guide, n_plans, sc.sampler, sc.n_sample_steps, sc.eta, generator)
@@ -44,7 +45,8 @@ def evaluate_planner(cfg: DictConfig, model: TrainedDiffusion, guide: RewardGuid
     envs = gym.vector.SyncVectorEnv([partial(make_env, cfg.env.name, sc.max_episode_steps)] * sc.n_episodes)
     try:
         return rollout(planner, envs, follower, episode_seeds(seed, sc.n_episodes), sc.replan_every, options,
-                       sc.success_radius)
+                       sc.success_radius, progress=f"{name} seed {seed}",
+                       max_steps=sc.max_episode_steps or env.max_episode_steps)
     finally:
         envs.close()
 
@@ -79,7 +81,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
         raise UserError(f"steer.planners={list(sc.planners)}: choose one or more of {', '.join(planners)}.")
     planners = {name: planner for name, planner in planners.items() if name in sc.planners}
     score = score_normalizer(environment(cfg.env.name).d4rl_task, cfg.env.expert_data, data_root(cfg))
-    rollouts = {name: [evaluate_planner(cfg, *planner, seed) for seed in sc.seeds]
+    rollouts = {name: [evaluate_planner(cfg, *planner, seed, name) for seed in sc.seeds]
                 for name, planner in planners.items()}
     results = {name: summarize(runs, score.score if score else None) for name, runs in rollouts.items()}
     metrics = {f"{name}/{key}": value for name, row in results.items() for key, value in row.items()}
