@@ -23,7 +23,7 @@ SETTINGS = locomotion_settings("halfcheetah", total_steps=300, eval_every=100, s
 
 @pytest.fixture(scope="module")
 def generated():
-    return generate_locomotion_episodes(**SETTINGS, progress=False)
+    return generate_locomotion_episodes(SETTINGS, progress=False)
 
 
 def test_levels_round_trip_through_minari(generated, tmp_path):
@@ -55,7 +55,7 @@ def test_levels_round_trip_through_minari(generated, tmp_path):
 
 
 def test_same_seed_same_datasets(generated):
-    again = generate_locomotion_episodes(**SETTINGS, progress=False)
+    again = generate_locomotion_episodes(SETTINGS, progress=False)
     for level in LEVELS:
         assert again[level]["metadata"] == generated[level]["metadata"]
         for a, b in zip(generated[level]["episodes"], again[level]["episodes"], strict=True):
@@ -100,4 +100,4 @@ def test_env_configs_carry_their_planning_defaults():
 def test_missing_stable_baselines3_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)  # `import stable_baselines3` raises ImportError
     with pytest.raises(UserError, match=r"pip install 'relreward\[locomotion\]'"):
-        generate_locomotion_episodes(**SETTINGS, progress=False)
+        generate_locomotion_episodes(SETTINGS, progress=False)

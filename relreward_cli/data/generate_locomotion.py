@@ -34,8 +34,8 @@ def locomotion_dataset_id(task: str, level: str) -> str:
 def locomotion_settings(task: str, total_steps: int, eval_every: int, n_steps: dict[str, int], seed: int,
                         eval_episodes: int = 3, learning_starts: int = 100,
                         max_episode_steps: int | None = None) -> dict:
-    """JSON-ready record of a `generate_locomotion_episodes` call (its arguments but `progress`), with the
-    episode length filled in; unknown levels or missing sizes are refused."""
+    """The settings `generate_locomotion_episodes` takes, as a JSON-ready record (also stored in the datasets'
+    metadata), with the episode length filled in; unknown levels or missing sizes are refused."""
     if set(n_steps) != set(LEVELS) or min(n_steps.values()) < 1:
         raise UserError(f"n_steps needs a positive number of env steps for each of {', '.join(LEVELS)}; got "
                         f"{dict(n_steps)}.")
@@ -96,22 +96,21 @@ def mean_episode_return(episodes: list[dict[str, np.ndarray]], max_episode_steps
     return float(np.mean([episode["rewards"].sum() for episode in ended or episodes]))
 
 
-def generate_locomotion_episodes(task: str, total_steps: int, eval_every: int, n_steps: dict[str, int], seed: int,
-                                 eval_episodes: int = 3, learning_starts: int = 100,
-                                 max_episode_steps: int | None = None, progress: bool = True) -> dict[str, dict]:
+def generate_locomotion_episodes(settings: dict, progress: bool = True) -> dict[str, dict]:
     """Train SAC (Stable-Baselines3 defaults, `seed`) on `task` for `total_steps` env steps, evaluating the
     policy every `eval_every` steps over `eval_episodes` episodes and keeping its weights; then roll out
     `n_steps[level]` env steps of uniform random actions (`random`), of the first snapshot that reached
     `MEDIUM_FRACTION` of the final return above random (`medium`) and of the final policy (`expert`).
-    Evaluations and rollouts alike sample the policy's actions (stochastic, as D4RL's data), so the medium
-    data's return sits near a third of the way from random to expert. Episodes are truncated after `max_episode_steps`
-    (default: the registry's). Same arguments, same arrays (on CPU).
+    `settings` is the record `locomotion_settings` returns (it checks them). Evaluations and rollouts alike
+    sample the policy's actions (stochastic, as D4RL's data), so the medium data's return sits near a third
+    of the way from random to expert. Episodes are truncated after `max_episode_steps`. Same settings, same
+    arrays (on CPU).
 
     Returns per level: `episodes` (dicts as `write_minari_dataset` takes) and `metadata` (the settings, the
     level, the evaluations, the snapshot chosen and the mean returns of every level's dataset).
     """
-    settings = locomotion_settings(task, total_steps, eval_every, n_steps, seed, eval_episodes, learning_starts,
-                                   max_episode_steps)
+    task, seed, n_steps = settings["task"], settings["seed"], settings["n_steps"]
+    total_steps, eval_every, eval_episodes = settings["total_steps"], settings["eval_every"], settings["eval_episodes"]
     sac = _sac_class()
     from stable_baselines3.common.utils import set_random_seed
 
@@ -121,8 +120,8 @@ def generate_locomotion_episodes(task: str, total_steps: int, eval_every: int, n
     def random_act(_obs):
         return env.action_space.sample()
 
-    model = sac("MlpPolicy", env, seed=seed, learning_starts=learning_starts, buffer_size=max(total_steps, 1),
-                device="cpu", verbose=0)
+    model = sac("MlpPolicy", env, seed=seed, learning_starts=settings["learning_starts"],
+                buffer_size=max(total_steps, 1), device="cpu", verbose=0)
 
     def policy_act(obs):  # sampled actions, as the datasets are rolled out
         return model.predict(obs, deterministic=False)[0]

@@ -124,7 +124,7 @@ def _make_locomotion_datasets(cfg: DictConfig, overwrite: bool) -> dict[str, dic
         return {level: {"id": ids[level], "steps": settings["n_steps"][level], "seconds": 0.0, "status": "exists"}
                 for level in LEVELS}
     start = time.perf_counter()
-    generated = generate_locomotion_episodes(**settings)
+    generated = generate_locomotion_episodes(settings)
     write_locomotion_datasets(generated, root, overwrite=True)
     seconds = time.perf_counter() - start
     return {level: {"id": ids[level], "steps": settings["n_steps"][level], "seconds": seconds, "status": "written",
