@@ -31,16 +31,29 @@ class GaussianEps(nn.Module):
         return sigma * (x_t - alpha_bar.sqrt() * self.mean) / (alpha_bar * self.std**2 + sigma**2)
 
 
+class GaussianX0(GaussianEps):
+    """Exact `E[x_0 | x_t]` for the same data: `mean + sqrt(ab_t) std^2 (x_t - sqrt(ab_t) mean) / (ab_t std^2 +
+    sigma_t^2)`."""
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha_bar = self.schedule.alpha_bars[t][:, None, None]
+        sigma = self.schedule.sigmas[t][:, None, None]
+        gain = alpha_bar.sqrt() * self.std**2 / (alpha_bar * self.std**2 + sigma**2)
+        return self.mean + gain * (x_t - alpha_bar.sqrt() * self.mean)
+
+
 @dataclass
 class SumGuide:
-    """Analytic guide `r(x) = sum(x)`, gradient all ones."""
+    """Analytic guide `r(x) = sum(x)`, gradient all ones; `calls` counts gradient evaluations."""
 
     scale: float
     n_guide_steps: int = 2
     t_stopgrad: int = 0
     scale_grad_by_std: bool = True
+    calls: int = 0
 
     def gradient(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
         return x.sum(dim=(1, 2)), torch.ones_like(x)
 
 
@@ -145,11 +158,13 @@ def test_reward_net_gradient_is_differentiable():
 # --- sampling ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_exact_model_samples_its_gaussian(sampler):
-    """With the exact noise predictor of N(mean, 0.3^2 I), both samplers recover the data distribution (up
-    to the discretization error of 200 steps, which shrinks the std by about 2%)."""
+@pytest.mark.parametrize(("prediction", "network"), [("eps", GaussianEps), ("x0", GaussianX0)])
+def test_exact_model_samples_its_gaussian(sampler, prediction, network):
+    """With the exact noise (or clean-segment) predictor of N(mean, 0.3^2 I), both samplers recover the data
+    distribution (up to the discretization error of 200 steps, which shrinks the std by about 2%)."""
     schedule, mean = NoiseSchedule(200), torch.linspace(-0.5, 0.5, HORIZON * 2).reshape(HORIZON, 2)
-    diffusion = GaussianDiffusion(GaussianEps(schedule, mean, 0.3), schedule, HORIZON, 2, clip_denoised=False)
+    diffusion = GaussianDiffusion(network(schedule, mean, 0.3), schedule, HORIZON, 2, clip_denoised=False,
+                                  prediction=prediction)
     x = diffusion.sample(2000, sampler=sampler, generator=seeded(0)).x
     torch.testing.assert_close(x.mean(0), mean, atol=0.03, rtol=0)
     assert x.std(0).mean().item() == pytest.approx(0.3, abs=0.015)
@@ -179,13 +194,42 @@ def test_inpainting_keeps_given_states(trained, sampler):
         apply_conditioning(x, {0: torch.zeros(5, TRANSITION_DIM)}, ACTION_DIM)
 
 
+def test_x0_prediction_implies_the_same_noise_and_score():
+    """An x0-predicting model and an eps-predicting one that agree on the data give the same `predict_eps` (what
+    extraction differentiates) and the same samples; unknown predictions are refused."""
+    schedule, mean = NoiseSchedule(N_STEPS), torch.linspace(-0.5, 0.5, HORIZON * 2).reshape(HORIZON, 2)
+    by_eps, by_x0 = (GaussianDiffusion(network(schedule, mean, 0.3), schedule, HORIZON, 2, prediction=prediction)
+                     for network, prediction in ((GaussianEps, "eps"), (GaussianX0, "x0")))
+    x_t, t = torch.randn(16, HORIZON, 2, generator=seeded(0)), torch.arange(16) % N_STEPS
+    torch.testing.assert_close(by_x0.predict_eps(x_t, t), by_eps.predict_eps(x_t, t), atol=1e-4, rtol=1e-4)
+    for sampler in ("ddpm", "ddim"):
+        torch.testing.assert_close(by_x0.sample(8, sampler=sampler, generator=seeded(1)).x,
+                                   by_eps.sample(8, sampler=sampler, generator=seeded(1)).x, atol=1e-4, rtol=1e-4)
+    with pytest.raises(UserError, match="diffusion.prediction"):
+        GaussianDiffusion(GaussianEps(schedule, mean, 0.3), schedule, HORIZON, 2, prediction="v")
+
+
+def test_x0_loss_regresses_the_clean_segment():
+    """With `prediction="x0"` the loss is the weighted MSE to `x0` (a zero network: the mean of `x0`'s squares
+    over the free entries, first actions weighted)."""
+    diffusion = GaussianDiffusion(ZeroEps(), NoiseSchedule(N_STEPS), HORIZON, TRANSITION_DIM, ACTION_DIM,
+                                  prediction="x0")
+    x0 = torch.randn(4, HORIZON, TRANSITION_DIM, generator=seeded(6))
+    free = torch.ones(HORIZON, TRANSITION_DIM)
+    free[0, ACTION_DIM:] = 0
+    loss = diffusion.loss(x0, {0: x0[:, 0, ACTION_DIM:]}, seeded(0), action_weight=10.0)
+    expected = ((x0**2 * free).sum() + 9 * (x0[:, 0, :ACTION_DIM] ** 2).sum()) / (free.sum() * len(x0))
+    torch.testing.assert_close(loss, expected)
+
+
 def test_training_lowers_the_loss(trained):
     _, before, after = trained
     assert after < 0.5 * before, (before, after)
 
 
 class ZeroEps(nn.Module):
-    """Predicts no noise: the loss is then the mean of the drawn noise's squares."""
+    """Outputs zeros: as a noise predictor the loss is the mean of the drawn noise's squares, as an x0 predictor
+    the mean of the segments' squares."""
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x_t)
@@ -211,8 +255,12 @@ def test_action_weight_counts_the_first_actions_more():
 def test_guidance_scale_zero_is_unguided(trained, sampler):
     diffusion, *_ = trained
     unguided = diffusion.sample(8, sampler=sampler, generator=seeded(4))
-    guided = diffusion.sample(8, sampler=sampler, generator=seeded(4), guide=SumGuide(scale=0.0))
-    assert torch.equal(guided.x, unguided.x) and unguided.values is None and guided.values.shape == (8,)
+    idle, steering = SumGuide(scale=0.0), SumGuide(scale=1.0)
+    guided = diffusion.sample(8, sampler=sampler, generator=seeded(4), guide=idle)
+    assert torch.equal(guided.x, unguided.x) and unguided.values is None and guided.values is None
+    assert idle.calls == 0, "a guide with scale 0 must not spend gradients"
+    assert diffusion.sample(8, sampler=sampler, generator=seeded(4), guide=steering).values.shape == (8,)
+    assert steering.calls > 0
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])

@@ -1,4 +1,6 @@
+import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from relreward_cli.data.generate_locomotion import (
 )
 from relreward_cli.data.generate_maze import read_dataset_metadata
 from relreward_cli.data.sources import dataset_info, load_episodes
+from relreward_cli.envs.registry import MuJoCoWarning, make_env
 from relreward_cli.errors import UserError
 
 SETTINGS = locomotion_settings("halfcheetah", total_steps=300, eval_every=100, seed=0, eval_episodes=2,
@@ -72,8 +75,10 @@ def test_settings_are_checked():
 
 def test_make_dataset_cli_and_quick_preset(cli, tmp_path):
     args = ["make-dataset", "env=halfcheetah", "experiment=smoke", f"data_dir={tmp_path / 'data'}",
-            f"run_root={tmp_path / 'runs'}", "logger.mode=disabled"]
+            f"run_root={tmp_path / 'runs'}", "logger.mode=disabled", "threads=1"]
     cli(args, cwd=tmp_path, check=True)
+    (metrics,) = (tmp_path / "runs").rglob("metrics.json")
+    assert json.loads(metrics.read_text())["torch_threads"] == 1, "SAC must train with the threads asked for"
     for level in LEVELS:
         assert read_dataset_metadata(f"relreward/halfcheetah/{level}-v0", tmp_path / "data")["settings"]["n_steps"] \
             == {"random": 50, "medium": 50, "expert": 50}
@@ -101,3 +106,15 @@ def test_missing_stable_baselines3_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)  # `import stable_baselines3` raises ImportError
     with pytest.raises(UserError, match=r"pip install 'relreward\[locomotion\]'"):
         generate_locomotion_episodes(SETTINGS, progress=False)
+
+
+def test_mujoco_warnings_become_python_warnings(capfd):
+    """HalfCheetah's XML makes MuJoCo warn at every construction; the warning reaches Python's `warnings` (shown
+    once per process by default) instead of MuJoCo printing it each time."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            make_env("halfcheetah").close()
+    messages = [str(w.message) for w in caught if issubclass(w.category, MuJoCoWarning)]
+    assert len(messages) == 2 and all("settotalmass" in message for message in messages)
+    assert "settotalmass" not in "".join(capfd.readouterr())

@@ -159,3 +159,9 @@ def test_steer_eval_end_to_end_with_smoke_models(smoke_data, run_root, cli):
     assert 0.0 <= metrics["steered/success_rate"] <= 1.0 and "D4RL maze2d-umaze" in metrics["score_reference"]
     assert (run_dir / "plots" / "paths.png").is_file() and (run_dir / "plots" / "returns.png").is_file()
     assert (run_dir / "wandb").is_dir()
+    unsteered = cli(["steer-eval", *overrides, "logger.mode=disabled", "steer.planners=[base,expert]",
+                     f"reward_model={run_root / 'no-reward-here'}", f"hydra.run.dir={run_root / 'unsteered'}"],
+                    cwd=run_root, check=True)
+    assert "steered" not in unsteered.stdout.replace("unsteered", ""), "no reward is needed without steering"
+    unsteered_metrics = json.loads((run_root / "unsteered" / "metrics.json").read_text())
+    assert unsteered_metrics["base/episodes"] == 2 and not any(key.startswith("steered/") for key in unsteered_metrics)

@@ -44,6 +44,7 @@ class DiffusionSpec:
     n_steps: int
     schedule: str = "cosine"
     clip_denoised: bool = True
+    prediction: str = "eps"
 
     @property
     def transition_dim(self) -> int:
@@ -71,7 +72,7 @@ def build_diffusion(spec: DiffusionSpec) -> GaussianDiffusion:
     """A freshly initialized :class:`GaussianDiffusion` with a :class:`TemporalUnet` denoiser."""
     unet = TemporalUnet(spec.horizon, spec.transition_dim, spec.dim, spec.dim_mults)
     return GaussianDiffusion(unet, NoiseSchedule(spec.n_steps, spec.schedule), spec.horizon,
-                             spec.transition_dim, spec.action_dim, spec.clip_denoised)
+                             spec.transition_dim, spec.action_dim, spec.clip_denoised, spec.prediction)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Gaussian diffusion over trajectory segments: eps-prediction training, DDPM / DDIM sampling with inpainting
-of known states, and value guidance (Diffuser) for reward-steered planning."""
+"""Gaussian diffusion over trajectory segments: training by noise (eps) or clean-segment (x_0) prediction, DDPM /
+DDIM sampling with inpainting of known states, and value guidance (Diffuser) for reward-steered planning."""
 
 from typing import NamedTuple, Protocol
 
@@ -11,6 +11,7 @@ from relreward_cli.errors import UserError
 
 Conditions = dict[int, torch.Tensor]
 SAMPLERS = ("ddpm", "ddim")
+PREDICTIONS = ("eps", "x0")
 
 
 def apply_conditioning(x: torch.Tensor, conditions: Conditions | None, action_dim: int) -> torch.Tensor:
@@ -48,7 +49,8 @@ class Guide(Protocol):
 
 
 class SampleOutput(NamedTuple):
-    """`x` (B, H, D) the samples; `values` (B,) the guide's values at the last step (None unguided);
+    """`x` (B, H, D) the samples; `values` (B,) the guide's values at the last step (None unguided, or guided
+    with `scale=0`, which skips the gradients);
     `chain` (B, n_sample_steps + 1, H, D) from the initial noise to `x` (None unless asked for)."""
 
     x: torch.Tensor
@@ -57,34 +59,48 @@ class SampleOutput(NamedTuple):
 
 
 class GaussianDiffusion(nn.Module):
-    """A noise-predicting network `model(x_t (B, H, D), t (B,)) -> eps (B, H, D)` with its noise schedule.
+    """A denoising network `model(x_t (B, H, D), t (B,)) -> (B, H, D)` with its noise schedule.
 
-    Segments are `(B, horizon, transition_dim)`, the first `action_dim` entries of each step being actions.
-    With `clip_denoised`, every predicted `x_0` is clipped to `[-1, 1]` (the range of normalized data) and
-    the noise estimate is made consistent with the clipped `x_0`.
+    The network predicts the noise `eps` (`prediction="eps"`, DDPM's choice) or the clean segment `x_0`
+    (`prediction="x0"`, Diffuser's locomotion models); either way `predict_eps` gives the noise estimate, so
+    the score `-eps / sigma_t` that reward extraction differentiates is defined for both. Segments are
+    `(B, horizon, transition_dim)`, the first `action_dim` entries of each step being actions. With
+    `clip_denoised`, every predicted `x_0` is clipped to `[-1, 1]` (the range of normalized data) and the noise
+    estimate is made consistent with the clipped `x_0`.
     """
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, horizon: int, transition_dim: int,
-                 action_dim: int = 0, clip_denoised: bool = True):
+                 action_dim: int = 0, clip_denoised: bool = True, prediction: str = "eps"):
         super().__init__()
         if not 0 <= action_dim < transition_dim:
             raise UserError(f"action_dim={action_dim} must be in [0, transition_dim={transition_dim}): the "
                             "observation block starts after the actions and cannot be empty.")
+        if prediction not in PREDICTIONS:
+            raise UserError(f"diffusion.prediction={prediction!r}: the network predicts the noise ('eps') or the "
+                            "clean segment ('x0').")
         self.model, self.schedule = model, schedule
         self.horizon, self.transition_dim, self.action_dim = horizon, transition_dim, action_dim
-        self.clip_denoised = clip_denoised
+        self.clip_denoised, self.prediction = clip_denoised, prediction
 
     @property
     def device(self) -> torch.device:
         return self.schedule.betas.device
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's noise estimate `(B, H, D)` for `x_t` `(B, H, D)` at steps `t` `(B,)`."""
-        return self.model(x_t, t)
+        """The network's noise estimate `(B, H, D)` for `x_t` `(B, H, D)` at steps `t` `(B,)` (unclipped)."""
+        return self._predict(x_t, t)[1]
+
+    def _predict(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's `(x_0, eps)` estimates for `x_t` at `t`, one predicted, the other implied (unclipped)."""
+        output = self.model(x_t, t)
+        if self.prediction == "eps":
+            return self.schedule.predict_x0(x_t, output, t), output
+        return output, self.schedule.predict_eps(x_t, output, t)
 
     def loss(self, x0: torch.Tensor, conditions: Conditions | None = None,
              generator: torch.Generator | None = None, action_weight: float = 1.0) -> torch.Tensor:
-        """Eps-prediction MSE for clean segments `x0` `(B, H, D)` at uniformly drawn steps (scalar).
+        """Prediction MSE (of the noise or of `x0`, as `prediction`) for clean segments `x0` `(B, H, D)` at
+        uniformly drawn steps (scalar).
 
         Conditioned entries are inpainted into `x_t` with their clean values, as in sampling; they carry no
         noise to predict, so they are excluded from the mean. The errors of the first step's actions (the ones
@@ -99,12 +115,12 @@ class GaussianDiffusion(nn.Module):
             weights[index, self.action_dim:] = 0
         n_free = weights.sum()
         weights[0, :self.action_dim] = action_weight
-        return ((self.predict_eps(x_t, t) - eps) ** 2 * weights).sum() / (n_free * x0.shape[0])
+        target = eps if self.prediction == "eps" else x0
+        return ((self.model(x_t, t) - target) ** 2 * weights).sum() / (n_free * x0.shape[0])
 
-    def _x0_and_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`x_0` implied by `eps`, clipped if `clip_denoised` (then `eps` recomputed to match)."""
-        x0 = self.schedule.predict_x0(x_t, eps, t)
+    def _clipped(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(x0, eps)` with `x0` clipped if `clip_denoised` (then `eps` recomputed to match)."""
         if not self.clip_denoised:
             return x0, eps
         x0 = x0.clamp(-1.0, 1.0)
@@ -123,13 +139,13 @@ class GaussianDiffusion(nn.Module):
         moved `n_guide_steps` times by `scale * grad` (times the posterior variance if `scale_grad_by_std`),
         re-inpainting after each move, and the posterior mean is taken at the moved `x_t`."""
         values = None
-        if guide is not None:
+        if _steers(guide):
             variance = self.schedule.posterior_variance[t][:, None, None]
             for _ in range(guide.n_guide_steps):
                 values, grad = self._guide_gradient(guide, x, t)
                 step = variance * grad if guide.scale_grad_by_std else grad
                 x = apply_conditioning(x + guide.scale * step, conditions, self.action_dim)
-        x0, _ = self._x0_and_eps(x, t, self.predict_eps(x, t))
+        x0, _ = self._clipped(x, t, *self._predict(x, t))
         mean, variance = self.schedule.posterior_mean_variance(x0, x, t)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return mean + variance.sqrt() * noise, values
@@ -139,11 +155,12 @@ class GaussianDiffusion(nn.Module):
         """DDIM step `x_t -> x_{t_prev}` (`t_prev = -1`: to `x_0`). Guidance is classifier guidance in eps
         form, `eps <- eps - scale * sigma_t * grad`, one gradient per step (`n_guide_steps` and
         `scale_grad_by_std` apply to DDPM only)."""
-        eps, values = self.predict_eps(x, t), None
-        if guide is not None:
+        (x0, eps), values = self._predict(x, t), None
+        if _steers(guide):
             values, grad = self._guide_gradient(guide, x, t)
             eps = eps - guide.scale * self.schedule.sigmas[t][:, None, None] * grad
-        x0, eps = self._x0_and_eps(x, t, eps)
+            x0 = self.schedule.predict_x0(x, eps, t)
+        x0, eps = self._clipped(x, t, x0, eps)
         alpha_bar = self.schedule.alpha_bars[t[0]]
         alpha_bar_prev = self.schedule.alpha_bars[t_prev] if t_prev >= 0 else alpha_bar.new_tensor(1.0)
         std = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
@@ -161,7 +178,7 @@ class GaussianDiffusion(nn.Module):
         `sampler="ddpm"` runs all `n_steps` ancestral steps; `sampler="ddim"` runs `n_sample_steps` (default
         all) evenly spaced steps with stochasticity `eta` (0: deterministic given the initial noise). All
         randomness comes from `generator` (on the model's device), so a seed reproduces the samples; a guide
-        with `scale=0` gives exactly the unguided samples.
+        with `scale=0` gives exactly the unguided samples (and costs no gradient).
         """
         if sampler not in SAMPLERS:
             raise UserError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}.")
@@ -184,3 +201,8 @@ class GaussianDiffusion(nn.Module):
             if return_chain:
                 chain.append(x)
         return SampleOutput(x, values, torch.stack(chain, dim=1) if return_chain else None)
+
+
+def _steers(guide: Guide | None) -> bool:
+    """Whether `guide` moves samples: a guide with `scale=0` would only spend gradients on a zero step."""
+    return guide is not None and guide.scale != 0

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
 import gymnasium_robotics
+import mujoco
 
 from relreward_cli.errors import UserError
+
+
+class MuJoCoWarning(UserWarning):
+    """A warning of the MuJoCo engine (e.g. about a deprecated attribute of an env's XML), as a Python warning."""
+
+
+def _warn_from_mujoco(message: str) -> None:
+    warnings.warn(message.strip(), MuJoCoWarning, stacklevel=2)
+
+
+def route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings through Python's `warnings` (category `MuJoCoWarning`) instead of MuJoCo printing
+    each one: a message is then shown once per process, not once per env (HalfCheetah's XML warns about
+    `settotalmass` at every construction), and can be filtered like any warning."""
+    mujoco.set_mju_user_warning(_warn_from_mujoco)
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,7 @@ def make_maze_env(maze: str, max_episode_steps: int | None = None, **kwargs) -> 
     never terminate and are truncated after `max_episode_steps` (default: the entry's). `kwargs` go to
     `gym.make`."""
     spec = maze_environment(maze)
+    route_mujoco_warnings()
     gym.register_envs(gymnasium_robotics)
     return gym.make(spec.gym_id, continuing_task=True, reset_target=False,
                     max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs)
@@ -63,4 +81,5 @@ def make_env(name: str, max_episode_steps: int | None = None, **kwargs) -> gym.E
     spec = environment(name)
     if spec.maze is not None:
         return make_maze_env(spec.maze, max_episode_steps, **kwargs)
+    route_mujoco_warnings()
     return gym.make(spec.gym_id, max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs)

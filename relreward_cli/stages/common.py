@@ -22,10 +22,16 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def torch_device(cfg: DictConfig) -> torch.device:
-    """Apply ``threads`` (torch's CPU threads; null keeps torch's default) and resolve ``device``."""
+def apply_threads(cfg: DictConfig) -> int:
+    """Apply ``threads`` (torch's CPU threads; null keeps torch's default); returns the count in effect."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    return torch.get_num_threads()
+
+
+def torch_device(cfg: DictConfig) -> torch.device:
+    """Apply ``threads`` (as :func:`apply_threads`) and resolve ``device``."""
+    apply_threads(cfg)
     return resolve_device(cfg.device)
 
 
@@ -37,7 +43,8 @@ def data_root(cfg: DictConfig) -> Path:
 def diffusion_spec(cfg: DictConfig, obs_dim: int, act_dim: int) -> DiffusionSpec:
     return DiffusionSpec(horizon=cfg.horizon, obs_dim=obs_dim, act_dim=act_dim, use_actions=cfg.use_actions,
                          dim=cfg.model.dim, dim_mults=tuple(cfg.model.dim_mults), n_steps=cfg.diffusion.n_steps,
-                         schedule=cfg.diffusion.schedule, clip_denoised=cfg.diffusion.clip_denoised)
+                         schedule=cfg.diffusion.schedule, clip_denoised=cfg.diffusion.clip_denoised,
+                         prediction=cfg.diffusion.prediction)
 
 
 def maze_goal(cfg: DictConfig) -> tuple[MazeGeometry, np.ndarray]:

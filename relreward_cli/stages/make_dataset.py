@@ -27,7 +27,7 @@ from relreward_cli.data.generate_maze import (
 from relreward_cli.data.sources import split_source
 from relreward_cli.envs.registry import make_maze_env
 from relreward_cli.errors import UserError
-from relreward_cli.stages.common import data_root, hydra_run_dir
+from relreward_cli.stages.common import apply_threads, data_root, hydra_run_dir
 from relreward_cli.tracking import print_summary_table, tracker_from_config
 
 KINDS = ("base", "expert")
@@ -136,9 +136,10 @@ def main(cfg: DictConfig) -> dict:
     kinds = KINDS if cfg.kind == "both" else (cfg.kind,)
     if not set(kinds) <= set(KINDS):
         raise UserError(f"kind={cfg.kind} is not one of base, expert, both.")
+    threads = apply_threads(cfg)  # SAC trains with torch
     with tracker_from_config(cfg, hydra_run_dir(), "make-dataset") as tracker:
         results = make_datasets(cfg, kinds, cfg.overwrite)
         summary = {f"{kind}/{key}": value for kind, row in results.items() for key, value in row.items()}
-        tracker.summary({**summary, "data_dir": str(data_root(cfg))})
+        tracker.summary({**summary, "data_dir": str(data_root(cfg)), "torch_threads": threads})
     print_summary_table(f"make-dataset {cfg.env.name} -> {data_root(cfg)}", summary)
     return summary

@@ -27,6 +27,8 @@ from relreward_cli.reward.trainer import load_reward_model
 from relreward_cli.stages.common import data_root, hydra_run_dir, maze_goal, torch_device
 from relreward_cli.tracking import RunTracker, tracker_from_config
 
+PLANNERS = ("base", "steered", "expert")
+
 
 def episode_seeds(seed: int, n_episodes: int) -> list[int]:
     """Distinct env seeds for the episodes of one seed (the same for every planner: paired starts)."""
@@ -68,18 +70,20 @@ def summarize(rollouts: list[Rollouts], score) -> dict:
 
 def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, reward_model: Path,
         group: str | None = None) -> dict:
-    """Roll out the three planners into ``run_dir``; returns the summary (also in ``metrics.json``)."""
+    """Roll out the planners of ``steer.planners`` into ``run_dir``; returns the summary (also in
+    ``metrics.json``). The reward model is read only when the steered planner is among them."""
+    sc = cfg.steer
+    if not sc.planners or not set(sc.planners) <= set(PLANNERS):
+        raise UserError(f"steer.planners={list(sc.planners)}: choose one or more of {', '.join(PLANNERS)}.")
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)
-    sc = cfg.steer
-    guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
-                        sc.scale_grad_by_std, sc.rank_t)
+    guide = None
+    if "steered" in sc.planners:
+        guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
+                            sc.scale_grad_by_std, sc.rank_t)
     planners = {"base": (base, None, 1), "steered": (base, guide, sc.n_plans), "expert": (expert, None, 1)}
-    unknown = set(sc.planners) - set(planners)
-    if unknown or not sc.planners:
-        raise UserError(f"steer.planners={list(sc.planners)}: choose one or more of {', '.join(planners)}.")
-    planners = {name: planner for name, planner in planners.items() if name in sc.planners}
+    planners = {name: planners[name] for name in PLANNERS if name in sc.planners}
     score = score_normalizer(environment(cfg.env.name).d4rl_task, cfg.env.expert_data, data_root(cfg))
     rollouts = {name: [evaluate_planner(cfg, *planner, seed, name) for seed in sc.seeds]
                 for name, planner in planners.items()}
