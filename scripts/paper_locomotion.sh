@@ -23,11 +23,11 @@ source scripts/sweep_lib.sh
 sweep_init "$0" paper_locomotion 21 "$@"
 TASKS=${TASKS:-hopper walker2d halfcheetah}
 
-# Diffuser's per-task settings (config/locomotion.py): HalfCheetah plans 4 steps with a shallower U-Net
-# and weaker, later-stopped guidance; Hopper and Walker2d keep the preset's defaults.
+# Diffuser's per-task settings (config/locomotion.py): HalfCheetah plans 4 steps (configs/env/halfcheetah.yaml)
+# with a shallower U-Net and weaker, later-stopped guidance; Hopper and Walker2d keep the preset's defaults.
 task_overrides() {
   case "$1" in
-    halfcheetah*) echo "horizon=4 model.dim_mults=[1,4,8] reward.dim_mults=[1,4,8] steer.scale=0.001 steer.t_stopgrad=4" ;;
+    halfcheetah*) echo "model.dim_mults=[1,4,8] reward.dim_mults=[1,4,8] steer.scale=0.001 steer.t_stopgrad=4" ;;
     *) echo "" ;;
   esac
 }

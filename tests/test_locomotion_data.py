@@ -90,7 +90,8 @@ def test_make_dataset_cli_and_quick_preset(cli, tmp_path):
 
 def test_env_configs_carry_their_planning_defaults():
     """Locomotion envs bring Diffuser's settings (first-action loss weight, replanning every step, HalfCheetah's
-    horizon 4); Maze2D keeps the base config's; a preset or the command line still overrides them."""
+    horizon 4, Gaussian normalizer with unclipped x_0 prediction); Maze2D keeps the base config's; a preset or
+    the command line still overrides them."""
     with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cheetah = compose("pipeline", ["env=halfcheetah"])
         hopper = compose("pipeline", ["env=hopper"])
@@ -100,6 +101,9 @@ def test_env_configs_carry_their_planning_defaults():
     assert (hopper.horizon, hopper.train.action_weight, hopper.steer.replan_every) == (32, 10.0, 1)
     assert (maze.horizon, maze.train.action_weight, maze.steer.replan_every) == (32, 1.0, 8)
     assert (overridden.horizon, overridden.steer.replan_every) == (8, 2)
+    for cfg, expected in ((cheetah, ("gaussian", "x0", False)), (hopper, ("gaussian", "x0", False)),
+                          (maze, ("limits", "eps", True))):
+        assert (cfg.normalizer, cfg.diffusion.prediction, cfg.diffusion.clip_denoised) == expected
 
 
 def test_missing_stable_baselines3_names_the_install(monkeypatch):

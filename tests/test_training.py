@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from relreward_cli.cli import CONFIG_DIR
 from relreward_cli.data.normalizer import Normalizer, fit_transition_normalizer
 from relreward_cli.data.pairs import SegmentPair
 from relreward_cli.data.segments import SegmentDataset
@@ -27,6 +29,7 @@ from relreward_cli.diffusion.artifact import (
 )
 from relreward_cli.errors import UserError
 from relreward_cli.reward import trainer as reward_trainer
+from relreward_cli.stages.common import diffusion_spec
 from relreward_cli.training import (
     CHECKPOINT_FORMAT,
     NonFiniteLossError,
@@ -307,3 +310,13 @@ def test_extract_stage_refuses_mismatched_models_before_any_work(tmp_path):
     with pytest.raises(UserError, match="horizon: base 8 vs expert 16"):
         extract.run(cfg, run_dir, tmp_path / "base", tmp_path / "expert")
     assert not run_dir.exists()
+
+
+def test_diffusion_spec_follows_the_config_and_refuses_clipping_gaussian_data():
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        paper = compose("train_diffusion", ["env=halfcheetah", "experiment=paper_locomotion"])
+        clipped = compose("train_diffusion", ["normalizer=gaussian"])
+    spec = diffusion_spec(paper, obs_dim=17, act_dim=6)
+    assert (spec.prediction, spec.clip_denoised, spec.horizon, spec.transition_dim) == ("x0", False, 4, 23)
+    with pytest.raises(UserError, match="clip_denoised=false"):
+        diffusion_spec(clipped, obs_dim=4, act_dim=2)

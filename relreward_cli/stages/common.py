@@ -41,6 +41,13 @@ def data_root(cfg: DictConfig) -> Path:
 
 
 def diffusion_spec(cfg: DictConfig, obs_dim: int, act_dim: int) -> DiffusionSpec:
+    """The model spec a config asks for; refuses clipping `x_0` to `[-1, 1]` on Gaussian-normalized data (whose
+    values run past one standard deviation)."""
+    if cfg.normalizer == "gaussian" and cfg.diffusion.clip_denoised:
+        raise UserError("normalizer=gaussian with diffusion.clip_denoised=true would clip every denoised segment "
+                        "to [-1, 1], one standard deviation of the data. Pass diffusion.clip_denoised=false "
+                        "(with diffusion.prediction=x0, as Diffuser's locomotion models: an eps-predictor's "
+                        "unclipped x_0 is unstable at high noise), or keep normalizer=limits.")
     return DiffusionSpec(horizon=cfg.horizon, obs_dim=obs_dim, act_dim=act_dim, use_actions=cfg.use_actions,
                          dim=cfg.model.dim, dim_mults=tuple(cfg.model.dim_mults), n_steps=cfg.diffusion.n_steps,
                          schedule=cfg.diffusion.schedule, clip_denoised=cfg.diffusion.clip_denoised,
