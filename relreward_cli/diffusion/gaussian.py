@@ -65,8 +65,8 @@ class GaussianDiffusion(nn.Module):
     (`prediction="x0"`, Diffuser's locomotion models); either way `predict_eps` gives the noise estimate, so
     the score `-eps / sigma_t` that reward extraction differentiates is defined for both. Segments are
     `(B, horizon, transition_dim)`, the first `action_dim` entries of each step being actions. With
-    `clip_denoised`, every predicted `x_0` is clipped to `[-1, 1]` (the range of normalized data) and the noise
-    estimate is made consistent with the clipped `x_0`.
+    `clip_denoised`, every predicted `x_0` is clipped to `[-1, 1]` (the range of limits-normalized data) and the
+    noise estimate is made consistent with the clipped `x_0`.
     """
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, horizon: int, transition_dim: int,
