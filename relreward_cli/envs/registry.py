@@ -20,11 +20,10 @@ def _warn_from_mujoco(message: str) -> None:
     warnings.warn(message.strip(), MuJoCoWarning, stacklevel=2)
 
 
-def route_mujoco_warnings() -> None:
-    """Send MuJoCo's warnings through Python's `warnings` (category `MuJoCoWarning`) instead of MuJoCo printing
-    each one: a message is then shown once per process, not once per env (HalfCheetah's XML warns about
-    `settotalmass` at every construction), and can be filtered like any warning."""
-    mujoco.set_mju_user_warning(_warn_from_mujoco)
+# MuJoCo's warnings go through Python's `warnings` (category `MuJoCoWarning`) instead of MuJoCo printing each one:
+# a message is then shown once per process, not once per env (HalfCheetah's XML warns about `settotalmass` at
+# every construction), and can be filtered like any warning. Set once, for every env this module makes.
+mujoco.set_mju_user_warning(_warn_from_mujoco)
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,6 @@ def make_maze_env(maze: str, max_episode_steps: int | None = None, **kwargs) -> 
     never terminate and are truncated after `max_episode_steps` (default: the entry's). `kwargs` go to
     `gym.make`."""
     spec = maze_environment(maze)
-    route_mujoco_warnings()
     gym.register_envs(gymnasium_robotics)
     return gym.make(spec.gym_id, continuing_task=True, reset_target=False,
                     max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs)
@@ -81,5 +79,4 @@ def make_env(name: str, max_episode_steps: int | None = None, **kwargs) -> gym.E
     spec = environment(name)
     if spec.maze is not None:
         return make_maze_env(spec.maze, max_episode_steps, **kwargs)
-    route_mujoco_warnings()
     return gym.make(spec.gym_id, max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs)

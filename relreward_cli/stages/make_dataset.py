@@ -8,6 +8,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from relreward_cli.data.generate_locomotion import (
@@ -80,8 +81,10 @@ def make_datasets(cfg: DictConfig, kinds: tuple[str, ...] = KINDS, overwrite: bo
     them; ``kinds`` does not apply) as ``relreward/<env.name>/<level>-v0``.
 
     A dataset that exists with the same generator settings is kept (so pipelines and sweeps share it);
-    one made with other settings is refused unless ``overwrite``. Returns per kind: id, steps, seconds.
+    one made with other settings is refused unless ``overwrite``. Applies ``threads`` (SAC trains with torch).
+    Returns per kind: id, steps, seconds.
     """
+    apply_threads(cfg)
     if cfg.env.family == "locomotion":
         return _make_locomotion_datasets(cfg, overwrite)
     if cfg.env.family != "maze2d":
@@ -136,10 +139,9 @@ def main(cfg: DictConfig) -> dict:
     kinds = KINDS if cfg.kind == "both" else (cfg.kind,)
     if not set(kinds) <= set(KINDS):
         raise UserError(f"kind={cfg.kind} is not one of base, expert, both.")
-    threads = apply_threads(cfg)  # SAC trains with torch
     with tracker_from_config(cfg, hydra_run_dir(), "make-dataset") as tracker:
         results = make_datasets(cfg, kinds, cfg.overwrite)
         summary = {f"{kind}/{key}": value for kind, row in results.items() for key, value in row.items()}
-        tracker.summary({**summary, "data_dir": str(data_root(cfg)), "torch_threads": threads})
+        tracker.summary({**summary, "data_dir": str(data_root(cfg)), "torch_threads": torch.get_num_threads()})
     print_summary_table(f"make-dataset {cfg.env.name} -> {data_root(cfg)}", summary)
     return summary
