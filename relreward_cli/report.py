@@ -6,8 +6,12 @@ task (the env, plus any other swept override that is not the seed), and every me
 mean and standard error over the seeds of a task:
 
 - Maze2D: the Pearson correlation of the learned reward with the ground truth (at the best diffusion time
-  and at t=0), and, when the pipeline ran steer-eval, the success rates of the base/steered/expert planners;
-- locomotion: the D4RL-normalized scores of the base, steered and expert planners.
+  and at t=0), and, when the pipeline ran steer-eval, the success rates of the planners;
+- locomotion: the D4RL-normalized scores of the base, guided, ranked, guided_ranked and expert planners, and the
+  paired differences of the reward planners to base (normalized score points).
+
+A task with a single run (one steer-eval over several ``steer.seeds``) shows that run's own standard error over
+its episodes (over paired episodes for the differences) instead.
 
 Written next to the runs (or into ``--out``): ``report.md`` (the tables), ``report_bars.png`` (bar charts
 with standard-error bars) and ``reward_maps_grid.png`` (the reward heatmap of every run, tasks by seeds).
@@ -34,15 +38,15 @@ from relreward_cli.plots import save_figure  # first: it selects the Agg backend
 log = logging.getLogger(__name__)
 
 # (column title, metrics.json key, bar-chart panel). A column appears when some run has its key.
+PLANNER_COLUMNS = ("base", "guided", "ranked", "guided_ranked", "expert")  # steer-eval's planners
+REWARD_PLANNER_COLUMNS = ("guided", "ranked", "guided_ranked")
 COLUMNS: list[tuple[str, str, str]] = [
     ("reward corr. (best t)", "pearson/best", "reward correlation (Pearson r)"),
     ("reward corr. (t=0)", "pearson/t0", "reward correlation (Pearson r)"),
-    ("base score", "base/score_mean", "normalized score"),
-    ("steered score", "steered/score_mean", "normalized score"),
-    ("expert score", "expert/score_mean", "normalized score"),
-    ("base success", "base/success_rate", "success rate"),
-    ("steered success", "steered/success_rate", "success rate"),
-    ("expert success", "expert/success_rate", "success rate"),
+    *[(f"{name} score", f"{name}/score_mean", "normalized score") for name in PLANNER_COLUMNS],
+    *[(f"{name} − base", f"{name}/vs_base_score_mean", "paired score difference to base")
+      for name in REWARD_PLANNER_COLUMNS],
+    *[(f"{name} success", f"{name}/success_rate", "success rate") for name in PLANNER_COLUMNS],
 ]
 # Overrides that never define a task: the seed (averaged over) and settings that do not change results.
 NOT_TASK_KEYS = ("seed", "run_root", "data_dir", "device", "threads")  # and logger.*
@@ -194,11 +198,15 @@ def build_report(sweep: Path) -> Report:
     return report
 
 
-def _cell(values: list[float]) -> str:
+def _cell(runs: list[Run], key: str) -> str:
+    """Mean ± s.e. over the runs' values of ``key``; for one run, ± its own ``*_sem`` (over episodes) if it has one."""
+    values = [v for run in runs if (v := run.value(key)) is not None]
     if not values:
         return "–"
-    mean, sem = mean_sem(values)
-    return f"{mean:.3f} ± {sem:.3f}" if len(values) > 1 else f"{mean:.3f}"
+    if len(values) > 1:
+        return "{:.3f} ± {:.3f}".format(*mean_sem(values))
+    sem = runs[0].value(key.removesuffix("_mean") + "_sem") if key.endswith("_mean") and len(runs) == 1 else None
+    return f"{values[0]:.3f}" + (f" ± {sem:.3f}" if sem is not None else "")
 
 
 def _md_escape(text: str) -> str:
@@ -210,12 +218,13 @@ def markdown(report: Report) -> str:
     titles = [title for title, _, _ in report.columns]
     lines = [f"# Results: {report.title}", "",
              f"Sweep folder `{report.sweep}`: {len(report.finished)} finished run(s) of {len(report.runs)}. "
-             "Mean ± standard error over seeds (s.e. = sample std / sqrt(n)).", "",
+             "Mean ± standard error over seeds (s.e. = sample std / sqrt(n)); a task of one run shows its s.e. "
+             "over episodes (paired episodes for the differences to base).", "",
              "| task | seeds | " + " | ".join(titles) + " |",
              "|---|---|" + "---|" * len(titles)]
     for task, runs in report.tasks.items():
         done = [run for run in runs if run.metrics is not None]
-        cells = [_cell([v for run in done if (v := run.value(key)) is not None]) for _, key, _ in report.columns]
+        cells = [_cell(done, key) for _, key, _ in report.columns]
         seeds = ",".join(str(run.seed) for run in done)
         lines.append(f"| {_md_escape(task)} | {len(done)} ({seeds}) | " + " | ".join(cells) + " |")
     lines += ["", "Per run:", "", "| task | seed | " + " | ".join(titles) + " | folder |",
@@ -316,12 +325,30 @@ def fill_from_wandb(report: Report) -> str:
             metrics: dict[str, Any] = {}
             for remote in api.runs(path, filters={"group": group}):
                 metrics |= {k: v for k, v in dict(remote.summary).items()
-                            if k.startswith("pearson/") or k.endswith(("score_mean", "success_rate"))}
+                            if k.startswith("pearson/") or k.endswith(("score_mean", "score_sem", "success_rate"))}
             if metrics:
                 run.metrics, filled = metrics, filled + 1
         return f"W&B: filled {filled} of {len(missing)} unfinished run(s) from their W&B groups."
     except Exception as err:  # no network, no such project: the local report stands
         return f"W&B: could not be read ({type(err).__name__}: {err}); used the local run folders only."
+
+
+def select_setting(report: Report, key: str) -> dict[str, Any]:
+    """The task of ``report`` whose runs have the highest mean of ``key`` (e.g. ``guided/return_mean``): its
+    swept overrides (other than the seed), the value, and every task's value, for choosing hyperparameters on
+    selection seeds. Raises :class:`UserError` when no finished run has ``key``."""
+    values = {task: mean_sem(found)[0] for task, runs in report.tasks.items()
+              if (found := [v for run in runs if (v := run.value(key)) is not None])}
+    if not values:
+        raise UserError(f"No finished run under {report.sweep} has the metric {key!r} to select on; pick one of "
+                        "the keys of a run's metrics.json (e.g. guided/return_mean).")
+    best = max(values, key=values.get)
+    parsed = [dict(o.split("=", 1) for o in _task_overrides(run)) for run in report.runs]
+    swept = sorted({key for overrides in parsed for key in overrides
+                    if len({str(other.get(key)) for other in parsed}) > 1})
+    chosen = dict(o.split("=", 1) for o in _task_overrides(report.tasks[best][0]))
+    overrides = [f"{key}={chosen[key]}" for key in swept if key in chosen]
+    return {"metric": key, "task": best, "value": values[best], "overrides": overrides, "all": values}
 
 
 def write_report(sweep: Path, out: Path | None = None, use_wandb: bool = False) -> dict[str, Path | None]:
@@ -354,9 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
     parser.add_argument("--wandb", action="store_true",
                         help="also read unfinished runs' results from their W&B group (needs credentials)")
+    parser.add_argument("--select", metavar="METRIC", default=None,
+                        help="also pick the task (swept setting) of highest METRIC, e.g. guided/return_mean: "
+                             "written to selection.json, its overrides printed last, one per line")
     args = parser.parse_args(argv)
     try:
         written = write_report(args.sweep, args.out, args.wandb)
+        selection = select_setting(build_report(args.sweep), args.select) if args.select else None
     except UserError as err:
         print(f"relreward: error: {err}", file=sys.stderr)
         return 2
@@ -364,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("report", "bars", "heatmaps"):
         if written[key] is not None:
             print(f"wrote {written[key]}")
+    if selection is not None:
+        path = written["report"].parent / "selection.json"
+        path.write_text(json.dumps(selection, indent=2) + "\n")
+        print(f"selected by {selection['metric']}: {selection['task']} ({selection['value']:.3f}); wrote {path}")
+        print("\n".join(selection["overrides"]))
     return 0
 
 

@@ -22,9 +22,10 @@ from relreward_cli.errors import UserError
 from relreward_cli.models.reward_net import RewardNet
 from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.planning.planner import GuidedPlanner
-from relreward_cli.planning.rollout import PlannedActions, WaypointTracker, rollout
+from relreward_cli.planning.rollout import PlannedActions, Rollouts, WaypointTracker, rollout
 from relreward_cli.planning.scores import D4RL_REFERENCE_RETURNS, mean_and_sem, normalized_score, score_normalizer
 from relreward_cli.reward.trainer import TrainedReward
+from relreward_cli.stages.steer_eval import summarize
 
 SPEC = DiffusionSpec(horizon=8, obs_dim=4, act_dim=2, use_actions=False, dim=8, dim_mults=(1, 2), n_steps=5)
 NORMALIZER = Normalizer("limits", np.zeros(4), np.full(4, 2.0))  # Maze2D-like (x, y, vx, vy) in [-2, 2]
@@ -75,6 +76,63 @@ def test_guidance_moves_plans_up_an_analytic_reward(model, sampler):
 
     unguided, guided = final_x(0.0), final_x(5.0)
     assert guided.mean() > unguided.mean() + 0.3
+
+
+class SpyGuide:
+    """A `Guide` of constant gradient that records the diffusion step of every call."""
+
+    def __init__(self, t_stopgrad: int, n_guide_steps: int):
+        self.scale, self.t_stopgrad, self.n_guide_steps, self.scale_grad_by_std = 1.0, t_stopgrad, n_guide_steps, True
+        self.calls: list[int] = []
+
+    def gradient(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls.append(int(t[0]))
+        return x.new_zeros(len(x)), torch.ones_like(x)
+
+
+@pytest.mark.parametrize("t_stopgrad", [0, 2, 4, 5])
+def test_guidance_stops_below_t_stopgrad_after_n_guide_steps(model, t_stopgrad):
+    """No guidance (and no gradient) at steps t < t_stopgrad; `n_guide_steps` gradients at every other DDPM step,
+    one per DDIM step. The model has 5 steps (4 .. 0), so t_stopgrad=5 never guides and equals unguided sampling."""
+    steps = list(range(SPEC.n_steps - 1, -1, -1))
+    ddpm, ddim = SpyGuide(t_stopgrad, n_guide_steps=3), SpyGuide(t_stopgrad, n_guide_steps=3)
+    guided = model.diffusion.sample(2, sampler="ddpm", generator=seeded(1), guide=ddpm).x
+    model.diffusion.sample(2, sampler="ddim", generator=seeded(1), guide=ddim)
+    assert ddpm.calls == [t for t in steps if t >= t_stopgrad for _ in range(3)]
+    assert ddim.calls == [t for t in steps if t >= t_stopgrad]
+    unguided = model.diffusion.sample(2, sampler="ddpm", generator=seeded(1)).x
+    assert torch.equal(guided, unguided) == (t_stopgrad == SPEC.n_steps)
+
+
+def test_gradient_clip_clamps_each_entry(model):
+    class Steep(nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return 10 * x.sum(dim=(1, 2)) - 0.01 * x[:, 0, 0]
+
+    x, t = torch.zeros(3, SPEC.horizon, SPEC.transition_dim), torch.full((3,), 2)
+    _, grad = RewardGuide(reward_of(Steep()), grad_clip=0.2).gradient(x, t)
+    assert grad.max() == pytest.approx(0.2) and grad.min() == pytest.approx(0.2)
+    _, raw = RewardGuide(reward_of(Steep())).gradient(x, t)
+    assert raw.max() == pytest.approx(10.0)
+    with pytest.raises(UserError, match="grad_clip"):
+        RewardGuide(reward_of(Steep()), grad_clip=0.0)
+
+
+def test_summary_pairs_each_planner_with_base_by_episode():
+    def runs(returns, terminated=(False, False), flipped=(False, False)):
+        returns = np.asarray(returns, dtype=float)
+        return Rollouts(returns, np.array([5, 3]), None, [], np.array([0.1, 0.3]), np.array(terminated),
+                        np.array(flipped))
+
+    base = [runs([10, 20]), runs([30, 40])]
+    guided = summarize([runs([13, 21], (False, True)), runs([30, 46], flipped=(True, True))],
+                       lambda r: r / 10, base)
+    assert guided["vs_base_mean"] == pytest.approx(2.5) and guided["vs_base_per_seed"] == [2.0, 3.0]
+    assert guided["vs_base_sem"] == pytest.approx(np.std([3, 1, 0, 6], ddof=1) / 2)
+    assert guided["vs_base_sem_per_seed"] == [pytest.approx(1.0), pytest.approx(3.0)]
+    assert guided["vs_base_win_rate"] == 0.75 and guided["vs_base_score_mean"] == pytest.approx(0.25)
+    assert guided["terminated_rate"] == 0.25 and guided["flipped_rate"] == 0.5 and guided["length_mean"] == 4
+    assert "vs_base_mean" not in summarize(base, None)
 
 
 def test_steered_planner_keeps_the_plan_of_highest_reward(model):
@@ -150,18 +208,26 @@ def test_steer_eval_end_to_end_with_smoke_models(smoke_data, run_root, cli):
     overrides = [*smoke_data.overrides(run_root), "train.n_steps=2", "extract.n_steps=2"]
     cli(["pipeline", *overrides, "logger.mode=disabled", "pipeline.steer=true"], cwd=run_root, check=True)
     pipeline = json.loads((run_root / "pipeline" / "smoke-maze2d_umaze-s0" / "metrics.json").read_text())
-    assert {"steered/score_mean", "steered/success_rate", "seconds/steer-eval"} <= pipeline.keys()
+    planners = ("base", "guided", "ranked", "guided_ranked", "expert")
+    assert {"guided/score_mean", "guided_ranked/success_rate", "seconds/steer-eval"} <= pipeline.keys()
     proc = cli(["steer-eval", *overrides, "logger.mode=offline", "steer.sampler=ddim"], cwd=run_root, check=True)
-    assert "steered" in proc.stdout and "normalized score" in proc.stdout
+    assert all(word in proc.stdout for word in ("guided_ranked", "normalized", "vs base", "flipped")), proc.stdout
     run_dir = run_root / "steer-eval" / "smoke-maze2d_umaze-s0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert {metrics[f"{name}/episodes"] for name in ("base", "steered", "expert")} == {2}
-    assert 0.0 <= metrics["steered/success_rate"] <= 1.0 and "D4RL maze2d-umaze" in metrics["score_reference"]
+    assert {metrics[f"{name}/episodes"] for name in planners} == {2}
+    assert 0.0 <= metrics["guided/success_rate"] <= 1.0 and "D4RL maze2d-umaze" in metrics["score_reference"]
+    assert {"ranked/vs_base_mean", "ranked/vs_base_per_seed", "expert/vs_base_sem"} <= metrics.keys()
+    assert "base/vs_base_mean" not in metrics and metrics["base/terminated_rate"] == 0.0  # the maze never ends early
+    # guidance at scale 0 is the base planner: same plans, same episodes, a paired difference of exactly 0
+    cli(["steer-eval", *overrides, "logger.mode=disabled", "steer.planners=[base,guided]", "steer.scale=0",
+         f"hydra.run.dir={run_root / 'scale0'}"], cwd=run_root, check=True)
+    scale0 = json.loads((run_root / "scale0" / "metrics.json").read_text())
+    assert scale0["guided/return_per_seed"] == scale0["base/return_per_seed"] and scale0["guided/vs_base_mean"] == 0
     assert (run_dir / "plots" / "paths.png").is_file() and (run_dir / "plots" / "returns.png").is_file()
     assert (run_dir / "wandb").is_dir()
     unsteered = cli(["steer-eval", *overrides, "logger.mode=disabled", "steer.planners=[base,expert]",
                      f"reward_model={run_root / 'no-reward-here'}", f"hydra.run.dir={run_root / 'unsteered'}"],
                     cwd=run_root, check=True)
-    assert "steered" not in unsteered.stdout.replace("unsteered", ""), "no reward is needed without steering"
+    assert "guided" not in unsteered.stdout, "no reward is needed without steering"
     unsteered_metrics = json.loads((run_root / "unsteered" / "metrics.json").read_text())
-    assert unsteered_metrics["base/episodes"] == 2 and not any(key.startswith("steered/") for key in unsteered_metrics)
+    assert unsteered_metrics["base/episodes"] == 2 and not any(key.startswith("guided") for key in unsteered_metrics)

@@ -16,7 +16,8 @@ import pytest
 from conftest import _cli_command
 
 from relreward_cli import cli as relreward_cli
-from relreward_cli.report import build_report, mean_sem, write_report
+from relreward_cli.errors import UserError
+from relreward_cli.report import build_report, mean_sem, select_setting, write_report
 
 FAST = ["logger.mode=disabled", "device=cpu", "train.n_steps=6", "train.save_every=3", "train.log_every=3",
         "extract.n_steps=6", "extract.save_every=3", "extract.log_every=3"]
@@ -233,7 +234,8 @@ def test_report_groups_steering_scores_by_task_and_lists_unfinished_runs(tmp_pat
                 yaml.safe_dump([f"seed={seed}", f"env={env}", f"steer.scale={scale}", "logger.mode=offline"]))
             (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": env}, "seed": seed}))
             (run / "metrics.json").write_text(json.dumps(
-                {"base/score_mean": 30.0, "steered/score_mean": value, "expert/score_mean": 100.0 + seed}))
+                {"base/score_mean": 30.0, "guided/score_mean": value, "expert/score_mean": 100.0 + seed,
+                 "guided/vs_base_score_mean": value - 30.0, "guided/vs_base_score_sem": 2.0}))
     running = tmp_path / "env=walker2d,seed=1,steer.scale=0.1"
     (running / ".hydra").mkdir(parents=True)
     (running / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "walker2d"}, "seed": 1}))
@@ -241,10 +243,18 @@ def test_report_groups_steering_scores_by_task_and_lists_unfinished_runs(tmp_pat
 
     report = build_report(tmp_path)
     assert list(report.tasks) == ["hopper (steer.scale=0.1)", "hopper (steer.scale=0.3)", "walker2d (steer.scale=0.1)"]
-    assert [title for title, _, _ in report.columns] == ["base score", "steered score", "expert score"]
+    assert [title for title, _, _ in report.columns] == ["base score", "guided score", "expert score",
+                                                          "guided − base"]
     written = write_report(tmp_path)
     text = written["markdown"]
-    assert "| hopper (steer.scale=0.1) | 3 (0,1,2) | 30.000 ± 0.000 | 50.000 ± 5.774 | 101.000 ± 0.577 |" in text
-    assert "| walker2d (steer.scale=0.1) | 1 (0) | 30.000 | 20.000 | 100.000 |" in text
+    assert ("| hopper (steer.scale=0.1) | 3 (0,1,2) | 30.000 ± 0.000 | 50.000 ± 5.774 | 101.000 ± 0.577 "
+            "| 20.000 ± 5.774 |") in text
+    # one run: its own s.e. over (paired) episodes where it has one
+    assert "| walker2d (steer.scale=0.1) | 1 (0) | 30.000 | 20.000 | 100.000 | -10.000 ± 2.000 |" in text
     assert "1 run(s) without metrics.json" in text and "env=walker2d,seed=1,steer.scale=0.1" in text
     assert written["bars"].is_file() and written["heatmaps"] is None  # no reward maps in these runs
+    selection = select_setting(report, "guided/score_mean")
+    assert selection["task"] == "hopper (steer.scale=0.3)" and selection["value"] == 75.0
+    assert selection["overrides"] == ["steer.scale=0.3"]  # the swept setting only, never the seed or the logger
+    with pytest.raises(UserError, match="ranked/return_mean"):
+        select_setting(report, "ranked/return_mean")

@@ -12,6 +12,8 @@ Stable-Baselines3 is an optional dependency: `pip install 'relreward[locomotion]
 from __future__ import annotations
 
 import copy
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from relreward_cli.errors import UserError
 LEVELS = ("random", "medium", "expert")
 MEDIUM_FRACTION = 1 / 3  # of the way from the random return to the final return
 GENERATOR = "sac_d4rl"
+log = logging.getLogger(__name__)
 
 
 def locomotion_dataset_id(task: str, level: str) -> str:
@@ -130,21 +133,31 @@ def generate_locomotion_episodes(settings: dict, progress: bool = True) -> dict[
         return _mean_return(eval_env, policy_act, eval_episodes, eval_seed)
 
     evaluations: list[tuple[int, float, dict]] = []  # (step, mean return, actor weights)
+    started = time.perf_counter()
+
+    def record_evaluation() -> None:
+        evaluations.append((model.num_timesteps, evaluate(), copy.deepcopy(model.policy.actor.state_dict())))
+        elapsed = time.perf_counter() - started
+        log.info("SAC %s: step %d/%d, eval return %.1f (%d episodes), %.0f steps/s, %.0f s elapsed", task,
+                 model.num_timesteps, total_steps, evaluations[-1][1], eval_episodes, model.num_timesteps / elapsed,
+                 elapsed)
 
     def on_step(_locals, _globals) -> bool:
         if model.num_timesteps % eval_every == 0:
-            evaluations.append((model.num_timesteps, evaluate(), copy.deepcopy(model.policy.actor.state_dict())))
+            record_evaluation()
         return True
 
     model.learn(total_steps, callback=on_step, progress_bar=progress)
     if evaluations[-1][0] != model.num_timesteps:
-        evaluations.append((model.num_timesteps, evaluate(), copy.deepcopy(model.policy.actor.state_dict())))
+        record_evaluation()
     env.action_space.seed(seed)
     random_return = _mean_return(eval_env, random_act, eval_episodes, eval_seed)
     final_return = evaluations[-1][1]
     threshold = random_return + MEDIUM_FRACTION * (final_return - random_return)
     medium = next((entry for entry in evaluations if entry[1] >= threshold),
                   min(evaluations, key=lambda entry: abs(entry[1] - threshold)))
+    log.info("SAC %s: random return %.1f, final %.1f; medium snapshot at step %d (eval return %.1f)", task,
+             random_return, final_return, medium[0], medium[1])
 
     episodes = {}
     for index, level in enumerate(LEVELS):
@@ -154,6 +167,8 @@ def generate_locomotion_episodes(settings: dict, progress: bool = True) -> dict[
             model.policy.actor.load_state_dict((medium if level == "medium" else evaluations[-1])[2])
         episodes[level] = _rollout(env, random_act if level == "random" else policy_act, n_steps[level],
                                    seed + 100 * (index + 1))
+        log.info("%s %s data: %d steps in %d episodes, mean return %.1f", task, level, n_steps[level],
+                 len(episodes[level]), mean_episode_return(episodes[level], settings["max_episode_steps"]))
     env.close()
     eval_env.close()
     results = {

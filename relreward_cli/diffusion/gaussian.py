@@ -133,13 +133,19 @@ class GaussianDiffusion(nn.Module):
             values, grad = guide.gradient(x, t)
         return values.detach(), torch.where((t >= guide.t_stopgrad)[:, None, None], grad.detach(), 0.0)
 
+    @staticmethod
+    def _steers_at(guide: Guide | None, t: torch.Tensor) -> bool:
+        """Whether `guide` moves any sample at steps `t` `(B,)`: not at scale 0, nor where all `t < t_stopgrad`
+        (no gradient is computed there)."""
+        return guide is not None and guide.scale != 0 and bool((t >= guide.t_stopgrad).any())
+
     def _ddpm_step(self, x: torch.Tensor, t: torch.Tensor, conditions: Conditions | None, guide: Guide | None,
                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Ancestral step `x_t -> x_{t-1}`. Value guidance as in Diffuser's `n_step_guided_p_sample`: `x_t` is
         moved `n_guide_steps` times by `scale * grad` (times the posterior variance if `scale_grad_by_std`),
         re-inpainting after each move, and the posterior mean is taken at the moved `x_t`."""
         values = None
-        if _steers(guide):
+        if self._steers_at(guide, t):
             variance = self.schedule.posterior_variance[t][:, None, None]
             for _ in range(guide.n_guide_steps):
                 values, grad = self._guide_gradient(guide, x, t)
@@ -156,7 +162,7 @@ class GaussianDiffusion(nn.Module):
         form, `eps <- eps - scale * sigma_t * grad`, one gradient per step (`n_guide_steps` and
         `scale_grad_by_std` apply to DDPM only)."""
         (x0, eps), values = self._predict(x, t), None
-        if _steers(guide):
+        if self._steers_at(guide, t):
             values, grad = self._guide_gradient(guide, x, t)
             eps = eps - guide.scale * self.schedule.sigmas[t][:, None, None] * grad
             x0 = self.schedule.predict_x0(x, eps, t)
@@ -202,7 +208,3 @@ class GaussianDiffusion(nn.Module):
                 chain.append(x)
         return SampleOutput(x, values, torch.stack(chain, dim=1) if return_chain else None)
 
-
-def _steers(guide: Guide | None) -> bool:
-    """Whether `guide` moves samples: a guide with `scale=0` would only spend gradients on a zero step."""
-    return guide is not None and guide.scale != 0

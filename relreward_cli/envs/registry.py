@@ -28,22 +28,25 @@ mujoco.set_mju_user_warning(_warn_from_mujoco)
 
 @dataclass(frozen=True)
 class EnvironmentSpec:
-    """One named environment: its Gymnasium id, episode length (steps), for Maze2D its maze key, and the D4RL
-    task whose published reference returns normalize its scores (`planning.scores`)."""
+    """One named environment: its Gymnasium id, episode length (steps), for Maze2D its maze key, the D4RL
+    task whose published reference returns normalize its scores (`planning.scores`), and for planar bodies the
+    observation index of the torso's pitch (radians), past +-90 degrees of which the body has flipped over."""
 
     gym_id: str
     max_episode_steps: int
     maze: str | None = None
     d4rl_task: str | None = None
+    torso_angle_index: int | None = None
 
 
 ENVIRONMENTS: dict[str, EnvironmentSpec] = {
     "maze2d_umaze": EnvironmentSpec("PointMaze_UMaze-v3", 300, maze="umaze", d4rl_task="maze2d-umaze"),
     "maze2d_medium": EnvironmentSpec("PointMaze_Medium-v3", 600, maze="medium", d4rl_task="maze2d-medium"),
     "maze2d_large": EnvironmentSpec("PointMaze_Large-v3", 800, maze="large", d4rl_task="maze2d-large"),
-    "hopper": EnvironmentSpec("Hopper-v5", 1000, d4rl_task="hopper"),
-    "halfcheetah": EnvironmentSpec("HalfCheetah-v5", 1000, d4rl_task="halfcheetah"),
-    "walker2d": EnvironmentSpec("Walker2d-v5", 1000, d4rl_task="walker2d"),
+    # MuJoCo v5 observations start with qpos[1:] = (rootz, rooty, ...): index 1 is the torso's pitch.
+    "hopper": EnvironmentSpec("Hopper-v5", 1000, d4rl_task="hopper", torso_angle_index=1),
+    "halfcheetah": EnvironmentSpec("HalfCheetah-v5", 1000, d4rl_task="halfcheetah", torso_angle_index=1),
+    "walker2d": EnvironmentSpec("Walker2d-v5", 1000, d4rl_task="walker2d", torso_angle_index=1),
 }
 
 

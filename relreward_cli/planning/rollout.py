@@ -71,13 +71,17 @@ def plan_follower(spec: DiffusionSpec, is_maze: bool, p_gain: float, d_gain: flo
 class Rollouts:
     """Episodes of one planner. `returns` `(E,)` summed env rewards, `lengths` `(E,)` steps, `success` `(E,)`
     whether the agent came within the success radius of the env's goal (None without a goal), `paths` E
-    arrays `(T_e + 1, obs_dim)` of the observations met, `plan_seconds` one wall time per replanning batch."""
+    arrays `(T_e + 1, obs_dim)` of the observations met, `plan_seconds` one wall time per replanning batch,
+    `terminated` `(E,)` whether the env ended the episode early (Hopper, Walker2d: a fall), `flipped` `(E,)`
+    whether the torso pitch passed 90 degrees (None for envs without one)."""
 
     returns: np.ndarray
     lengths: np.ndarray
     success: np.ndarray | None
     paths: list[np.ndarray]
     plan_seconds: np.ndarray
+    terminated: np.ndarray
+    flipped: np.ndarray | None = None
 
 
 def _goal_distance(observations: Any) -> np.ndarray | None:
@@ -89,13 +93,15 @@ def _goal_distance(observations: Any) -> np.ndarray | None:
 
 def rollout(planner: GuidedPlanner, envs: gym.vector.VectorEnv, follower: PlanFollower, episode_seeds: list[int],
             replan_every: int, reset_options: dict | None = None, success_radius: float = 0.5,
-            progress: str | None = None, max_steps: int | None = None) -> Rollouts:
+            progress: str | None = None, max_steps: int | None = None,
+            torso_angle_index: int | None = None) -> Rollouts:
     """One episode per sub-environment of `envs` (env `i` reset with `episode_seeds[i]`), until each ends.
 
     Every `replan_every` steps the planner plans for all unfinished episodes in one batch; in between, the
     follower follows each plan. A finished sub-environment (vector autoreset) is no longer planned for or
     recorded. `replan_every` must leave a next planned step: `1 <= replan_every < horizon`. `progress`: the
     label of a progress bar over env steps (None: no bar), out of `max_steps` (the episodes' step limit).
+    `torso_angle_index`: the observation entry of the torso pitch, recorded as `flipped` past 90 degrees.
     """
     horizon = planner.model.spec.horizon
     if not 1 <= replan_every < horizon:
@@ -109,7 +115,8 @@ def rollout(planner: GuidedPlanner, envs: gym.vector.VectorEnv, follower: PlanFo
     returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
     distance = _goal_distance(raw)
     success = None if distance is None else distance <= success_radius
-    paths, done = [[row] for row in observations], np.zeros(n, dtype=bool)
+    paths, done, ended_early = [[row] for row in observations], np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    flipped = None if torso_angle_index is None else np.abs(observations[:, torso_angle_index]) > np.pi / 2
     plans = np.zeros((n, horizon, planner.model.spec.transition_dim), dtype=np.float32)
     plan_seconds, t = [], 0
     space = envs.single_action_space
@@ -127,12 +134,16 @@ def rollout(planner: GuidedPlanner, envs: gym.vector.VectorEnv, follower: PlanFo
         lengths[active] += 1
         if success is not None:
             success[active] |= _goal_distance(raw)[active] <= success_radius
+        if flipped is not None:
+            flipped[active] |= np.abs(observations[active, torso_angle_index]) > np.pi / 2
         for index in np.flatnonzero(active):
             paths[index].append(observations[index])
+        ended_early[active] |= terminated[active]
         done |= terminated | truncated
         t += 1
         bar.update()
         if step == 0:
             bar.set_postfix(mean_return=f"{returns.mean():.1f}", refresh=False)
     bar.close()
-    return Rollouts(returns, lengths, success, [np.stack(path) for path in paths], np.array(plan_seconds))
+    return Rollouts(returns, lengths, success, [np.stack(path) for path in paths], np.array(plan_seconds),
+                    ended_early, flipped)

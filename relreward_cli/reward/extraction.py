@@ -1,8 +1,13 @@
 """Relative reward extraction (Nuti et al. 2023): learn `r(x_t, t)` with `grad_x r = s_expert - s_base`.
 
-In eps form (scores `s = -eps / sigma_t`) the regression target is the eps difference of two frozen
-diffusion models of the same space, and the loss `|| sigma_t grad_x r + (eps_expert - eps_base) ||^2` is
-well scaled at every diffusion step.
+Two regression targets (`TARGETS`):
+- `score` (ours): in eps form (scores `s = -eps / sigma_t`) the target is the eps difference of two frozen
+  diffusion models of the same space, and the loss `|| sigma_t grad_x r(x_t) + (eps_expert - eps_base) ||^2` is
+  well scaled at every diffusion step.
+- `posterior_mean` (the authors' code): `|| grad_x r(mu_base) - (mu_expert - mu_base) ||^2` with `mu` the DDPM
+  posterior means `mu(x_t, t)` of the two models (from their unclipped `x_0` estimates), the gradient taken at
+  `mu_base`. Since `mu_expert - mu_base = (beta_t / sqrt(alpha_t)) (s_expert - s_base)`, this reward is the
+  score-target one times a factor per `t`, so guidance scales do not carry over between the two.
 """
 
 from typing import Protocol
@@ -51,16 +56,45 @@ def reward_gradient(reward_net: nn.Module, x_t: torch.Tensor, t: torch.Tensor, c
     return (values, grad) if create_graph else (values.detach(), grad.detach())
 
 
+TARGETS = ("score", "posterior_mean")
+
+
+@torch.no_grad()
+def posterior_means(base: EpsModel, expert: EpsModel, x_t: torch.Tensor, t: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DDPM posterior means `mu_base(x_t, t)` and `mu_expert(x_t, t)` `(B, H, D)` of `x_{t-1}` given `x_t`,
+    each from the model's unclipped `x_0 = (x_t - sigma_t eps) / sqrt(alpha_bar_t)`; no gradients."""
+    eps_difference(base, expert, x_t, t)  # refuses models on different schedules
+    schedule = base.schedule
+    return tuple(schedule.posterior_mean_variance(schedule.predict_x0(x_t, model.predict_eps(x_t, t), t), x_t, t)[0]
+                 for model in (base, expert))
+
+
 def extraction_loss(reward_net: nn.Module, base: EpsModel, expert: EpsModel, x_t: torch.Tensor,
-                    t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`|| sigma_t grad_x r(x_t, t) + (eps_expert - eps_base) ||^2`, averaged over the `H * D` entries.
+                    t: torch.Tensor, target: str = "score", weights: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The squared error of the reward's input-gradient against `target` (see the module docstring), averaged
+    per sample over the `H * D` entries, each entry counted `weights` `(B, H, D)` times when given (0 leaves
+    out an inpainted entry, which guidance never moves).
 
     Returns the batch mean (scalar, differentiable w.r.t. the reward net) and the per-sample losses `(B,)`.
     """
-    target = eps_difference(base, expert, x_t, t)
-    _, grad = reward_gradient(reward_net, x_t, t, create_graph=True)
-    residual = base.schedule.sigmas[t][:, None, None] * grad + target
-    per_sample = residual.pow(2).flatten(1).mean(dim=1)
+    if target == "score":
+        difference = eps_difference(base, expert, x_t, t)
+        _, grad = reward_gradient(reward_net, x_t, t, create_graph=True)
+        residual = base.schedule.sigmas[t][:, None, None] * grad + difference
+    elif target == "posterior_mean":
+        mu_base, mu_expert = posterior_means(base, expert, x_t, t)
+        _, grad = reward_gradient(reward_net, mu_base, t, create_graph=True)
+        residual = grad - (mu_expert - mu_base)
+    else:
+        raise UserError(f"extract.target={target!r}: the reward regresses the score difference ('score') or the "
+                        "posterior-mean difference of the authors' code ('posterior_mean').")
+    squared = residual.pow(2)
+    if weights is None:
+        per_sample = squared.flatten(1).mean(dim=1)
+    else:
+        per_sample = (squared * weights).flatten(1).sum(dim=1) / weights.flatten(1).sum(dim=1).clamp(min=1e-12)
     return per_sample.mean(), per_sample
 
 

@@ -15,10 +15,11 @@ import torch
 from relreward_cli.data.normalizer import Normalizer
 from relreward_cli.data.pairs import SegmentPair
 from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion, check_compatible
+from relreward_cli.diffusion.gaussian import apply_conditioning
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
 from relreward_cli.models.reward_net import RewardNet
-from relreward_cli.reward.extraction import extraction_loss, loss_by_t_band, noised_batch
+from relreward_cli.reward.extraction import TARGETS, extraction_loss, loss_by_t_band, noised_batch
 from relreward_cli.training import TrainResult, load_checkpoint, save_checkpoint, train_loop
 
 REWARD_FILE = "reward.pt"
@@ -35,6 +36,7 @@ class TrainedReward:
     schedule: NoiseSchedule
     info: dict[str, Any]
     path: Path
+    target: str = "score"  # what its gradient was fitted to (`reward.extraction.TARGETS`)
 
 
 def load_reward_model(path: Path, device: str | torch.device = "cpu") -> TrainedReward:
@@ -50,21 +52,30 @@ def load_reward_model(path: Path, device: str | torch.device = "cpu") -> Trained
     net.load_state_dict(payload["weights"])
     net.eval().requires_grad_(False)
     return TrainedReward(net, spec, Normalizer.from_state_dict(payload["normalizer"]),
-                         NoiseSchedule(spec.n_steps, spec.schedule), payload["info"], file)
+                         NoiseSchedule(spec.n_steps, spec.schedule), payload["info"], file,
+                         payload.get("target", "score"))
 
 
 def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: SegmentPair, run_dir: Path, *,
                  dim: int, dim_mults: tuple[int, ...], n_steps: int, batch_size: int, lr: float,
                  grad_clip: float, save_every: int, log_every: int, generator: torch.Generator,
                  device: torch.device, info: dict[str, Any], sample_fraction: float = 0.0, sample_pool: int = 512,
+                 target: str = "score", start_conditioned: float = 0.0,
                  on_log=None) -> tuple[TrainedReward, TrainResult]:
-    """Fit ``r_phi`` so that ``sigma_t grad_x r_phi(x_t, t) = -(eps_expert - eps_base)(x_t, t)``.
+    """Fit ``r_phi`` so that ``sigma_t grad_x r_phi(x_t, t) = -(eps_expert - eps_base)(x_t, t)`` (``target="score"``)
+    or to the posterior-mean difference of the authors' code (``"posterior_mean"``; see ``reward.extraction``).
 
     ``x_t`` are clean segments noised at uniform ``t``: a ``sample_fraction`` of each batch comes from a pool
     of ``sample_pool`` DDPM samples of each model (drawn once, seeded), the rest half from the base and half
-    from the expert data. Resumes from ``run_dir/checkpoint.pt``; writes ``run_dir/reward.pt`` atomically.
+    from the expert data. A ``start_conditioned`` share of each batch has its first state inpainted with its
+    clean value, as planning's guidance sees ``x_t``; those entries are left out of the loss (guidance never moves
+    them). Resumes from ``run_dir/checkpoint.pt``; writes ``run_dir/reward.pt`` atomically.
     """
     check_compatible(base, expert)
+    if target not in TARGETS:
+        raise UserError(f"extract.target={target!r}: choose one of {', '.join(TARGETS)}.")
+    if not 0.0 <= start_conditioned <= 1.0:
+        raise UserError(f"extract.start_conditioned={start_conditioned} must be a share of the batch in [0, 1].")
     run_dir = Path(run_dir)
     architecture = {"dim": dim, "dim_mults": tuple(dim_mults)}
     net = RewardNet(base.spec.horizon, base.spec.transition_dim, **architecture).to(device)
@@ -73,6 +84,10 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     schedule = base.diffusion.schedule
     n_samples = round(batch_size * sample_fraction)
     half = (batch_size - n_samples) // 2
+    action_dim = base.spec.action_dim
+    conditioned = torch.arange(batch_size, device=device) < round(batch_size * start_conditioned)
+    weights = torch.ones(batch_size, base.spec.horizon, base.spec.transition_dim, device=device)
+    weights[conditioned, 0, action_dim:] = 0
     pool = model_sample_pool(base, expert, sample_pool, seed=int(info.get("seed", 0))) if n_samples else None
 
     def loss_fn():
@@ -81,10 +96,14 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
             parts.append(pool[torch.randint(len(pool), (n_samples,), generator=generator).to(device)])
         x0 = torch.cat(parts)
         x_t, t = noised_batch(x0, schedule)
-        loss, per_sample = extraction_loss(net, base.diffusion, expert.diffusion, x_t, t)
+        x_t = torch.where(conditioned[:, None, None], apply_conditioning(x_t, {0: x0[:, 0, action_dim:]}, action_dim),
+                          x_t)
+        loss, per_sample = extraction_loss(net, base.diffusion, expert.diffusion, x_t, t, target,
+                                           weights if conditioned.any() else None)
         return loss, loss_by_t_band(per_sample, t, schedule.n_steps)
 
     extra = {"spec": asdict(base.spec), "architecture": architecture, "sample_fraction": sample_fraction,
+             "target": target, "start_conditioned": start_conditioned,
              "normalizer": base.normalizer.state_dict(),
              "info": {**info, "base_model": str(base.path), "expert_model": str(expert.path)}}
     result = train_loop(model=net, loss_fn=loss_fn, optimizer=optimizer, n_steps=n_steps,

@@ -34,9 +34,10 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
             n_steps=ec.n_steps, batch_size=ec.batch_size, lr=ec.lr, grad_clip=ec.grad_clip,
             save_every=ec.save_every, log_every=ec.log_every, generator=generator, device=device,
             info={"env": cfg.env.name, "sources": sources, "seed": cfg.seed}, sample_fraction=ec.sample_fraction,
-            sample_pool=ec.sample_pool, on_log=log_to(tracker, "extract"))
-        metrics = {"steps": result.step, "final_loss": result.final_loss, "steps_per_s": result.steps_per_s,
-                   "peak_memory_mb": result.peak_memory_mb, "device": str(device)}
+            sample_pool=ec.sample_pool, target=ec.target, start_conditioned=ec.start_conditioned,
+            on_log=log_to(tracker, "extract"))
+        metrics = {"target": ec.target, "steps": result.step, "final_loss": result.final_loss,
+                   "steps_per_s": result.steps_per_s, "peak_memory_mb": result.peak_memory_mb, "device": str(device)}
         _plot_loss_bands(tracker)
         if ec.eval_segments:
             metrics |= _segment_returns(cfg, reward, segments, tracker)

@@ -35,16 +35,17 @@ KINDS = ("base", "expert")
 
 
 @contextmanager
-def _data_root_lock(root: Path):
-    """Hold an exclusive lock on the data root, so the jobs of a sweep that start together (several seeds
-    of one env) do not generate the same dataset at once: the first writes it, the others find it."""
+def _data_root_lock(root: Path, env_name: str):
+    """Hold an exclusive lock on the data of one env under the data root, so the jobs of a sweep that start
+    together (several seeds of one env) do not generate the same dataset at once: the first writes it, the
+    others find it. Other envs write other datasets, so they generate side by side."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         yield
         return
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".make-dataset.lock", "a") as handle:
+    with open(root / f".make-dataset-{env_name}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -55,7 +56,7 @@ def _data_root_lock(root: Path):
 def _one_writer_at_a_time(function):
     @functools.wraps(function)
     def locked(cfg: DictConfig, *args, **kwargs):
-        with _data_root_lock(data_root(cfg)):
+        with _data_root_lock(data_root(cfg), cfg.env.name):
             return function(cfg, *args, **kwargs)
 
     return locked

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Honest selection of the guidance settings, then the held-out evaluation, in one command:
+#   1. the `guided` planner over a grid of steer.scale x steer.t_stopgrad on the SELECTION seeds only;
+#   2. the setting of highest mean return there (relreward report --select guided/return_mean);
+#   3. every planner (base, guided, ranked, guided_ranked, expert) at that setting on the EVAL seeds, which
+#      were never used to choose, with paired differences to base; then the report of both.
+#
+#   ENV=halfcheetah scripts/select_guidance.sh                      # models of `relreward pipeline` (same name)
+#   ENV=hopper SCALES=0.1,0.3,1 STOPGRADS=0,2 scripts/select_guidance.sh base_model=... expert_model=... reward_model=...
+#
+# Environment: ENV (halfcheetah), PRESET (locomotion_quick), SCALES (0.1,0.3,1,3), STOPGRADS (0,2,5),
+# SELECT_SEEDS ([0]), EVAL_SEEDS ([1,2,3]), EPISODES (10 per seed), OUT (runs/selection/$ENV), RELREWARD.
+# Extra arguments are Hydra overrides for every step (model paths, threads=1, formulation=authors, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENV=${ENV:-halfcheetah}
+PRESET=${PRESET:-locomotion_quick}
+SCALES=${SCALES:-0.1,0.3,1,3}
+STOPGRADS=${STOPGRADS:-0,2,5}
+SELECT_SEEDS=${SELECT_SEEDS:-[0]}
+EVAL_SEEDS=${EVAL_SEEDS:-[1,2,3]}
+EPISODES=${EPISODES:-10}
+OUT=${OUT:-runs/selection/$ENV}
+if [[ -z "${RELREWARD:-}" ]]; then
+  if command -v relreward >/dev/null; then RELREWARD=relreward; else RELREWARD=.venv/bin/relreward; fi
+fi
+common=("env=$ENV" "experiment=$PRESET" "steer.n_episodes=$EPISODES" "$@")
+
+echo "== 1. selection: guided planner, scale in {$SCALES} x t_stopgrad in {$STOPGRADS}, seeds $SELECT_SEEDS"
+"$RELREWARD" steer-eval --multirun "${common[@]}" "steer.planners=[guided]" "steer.seeds=$SELECT_SEEDS" \
+  "steer.scale=$SCALES" "steer.t_stopgrad=$STOPGRADS" "hydra.sweep.dir=$OUT/select"
+mapfile -t chosen < <("$RELREWARD" report "$OUT/select" --select guided/return_mean | tee "$OUT/select/report.log" \
+  | sed -n '/^selected by/,$p' | tail -n +2)
+echo "== 2. chosen on seeds $SELECT_SEEDS: ${chosen[*]}"
+
+echo "== 3. held-out evaluation on seeds $EVAL_SEEDS, every planner"
+"$RELREWARD" steer-eval "${common[@]}" "steer.seeds=$EVAL_SEEDS" "${chosen[@]}" "hydra.run.dir=$OUT/heldout"
+"$RELREWARD" report "$OUT/heldout"
