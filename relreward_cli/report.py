@@ -49,7 +49,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     *[(f"{name} success", f"{name}/success_rate", "success rate") for name in PLANNER_COLUMNS],
 ]
 # Overrides that never define a task: the seed (averaged over) and settings that do not change results.
-NOT_TASK_KEYS = ("seed", "run_root", "data_dir", "device", "threads")  # and logger.*
+NOT_TASK_KEYS = ("seed", "run_root", "data_dir", "device", "threads", "base_model", "expert_model", "reward_model",
+                 "pipeline_dir")  # and logger.*
 SIZE_ORDER = ("umaze", "medium", "large")
 HIDDEN = (".", "__")
 

@@ -1,8 +1,8 @@
-"""Planning latency per replanning step: one batch of plans (environments x plans per state), DDPM vs DDIM,
-unsteered vs reward-steered, with the default model sizes of configs/base.yaml (untrained weights: latency
-does not depend on them).
+"""Planning latency per replanning step of each steer-eval planner (base, guided, ranked, guided_ranked, expert):
+one batch of plans for `--envs` states, DDPM and DDIM, at the model sizes of a Maze2D demo and of the locomotion
+quick preset (untrained weights: latency does not depend on them).
 
-    python scripts/bench_plan.py [--device cpu|cuda] [--envs 10] [--plans 1 8] [--repeats 3]
+    python scripts/bench_plan.py [--device cpu|cuda] [--envs 10] [--plans 4] [--repeats 3] [--shapes maze2d hopper]
 
 Prints a table and writes bench_plan.json next to where it runs.
 """
@@ -25,43 +25,51 @@ from relreward_cli.models.reward_net import RewardNet
 from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.planning.planner import GuidedPlanner
 from relreward_cli.reward.trainer import TrainedReward
+from relreward_cli.stages.steer_eval import planner_settings
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
+# (horizon, obs_dim, act_dim, use_actions, dim): configs/base.yaml's Maze2D demo; the quick locomotion preset
+SHAPES = {"maze2d": (32, 4, 2, False, 16), "halfcheetah": (4, 17, 6, True, 32), "hopper": (32, 11, 3, True, 32)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--envs", type=int, default=10, help="states planned for at once")
-    parser.add_argument("--plans", type=int, nargs="+", default=[1, 8], help="plans per state")
+    parser.add_argument("--plans", type=int, default=4, help="plans per state of the ranked planners")
     parser.add_argument("--ddim-steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shapes", nargs="+", default=["maze2d", "halfcheetah", "hopper"], choices=list(SHAPES))
     args = parser.parse_args()
 
     cfg = OmegaConf.load(CONFIG)
-    spec = DiffusionSpec(cfg.horizon, 4, 2, False, cfg.model.dim, tuple(cfg.model.dim_mults), cfg.diffusion.n_steps)
     device = torch.device(args.device)
-    normalizer = Normalizer("limits", np.zeros(spec.transition_dim), np.ones(spec.transition_dim))
-    model = TrainedDiffusion(build_diffusion(spec).to(device).eval().requires_grad_(False), spec, normalizer, {},
-                             Path("bench"))
-    net = RewardNet(spec.horizon, spec.transition_dim, cfg.reward.dim, tuple(cfg.reward.dim_mults))
-    reward = TrainedReward(net.to(device).eval().requires_grad_(False), spec, normalizer, model.schedule, {},
-                           Path("bench"))
     sc = cfg.steer
-    guide = RewardGuide(reward, sc.scale, sc.n_guide_steps, sc.t_stopgrad, sc.scale_grad_by_std, sc.rank_t)
-    states = np.zeros((args.envs, spec.obs_dim), np.float32)
     rows = []
-    for sampler, steps in (("ddpm", None), ("ddim", args.ddim_steps)):
-        for steered in (False, True):
-            for n_plans in args.plans:
-                planner = GuidedPlanner(model, guide if steered else None, n_plans, sampler, steps,
+    for shape in args.shapes:
+        horizon, obs_dim, act_dim, use_actions, dim = SHAPES[shape]
+        spec = DiffusionSpec(horizon, obs_dim, act_dim, use_actions, dim, tuple(cfg.model.dim_mults),
+                             cfg.diffusion.n_steps)
+        normalizer = Normalizer("limits", np.zeros(spec.transition_dim), np.ones(spec.transition_dim))
+        torch.manual_seed(0)
+        model = TrainedDiffusion(build_diffusion(spec).to(device).eval().requires_grad_(False), spec, normalizer,
+                                 {}, Path("bench"))
+        net = RewardNet(spec.horizon, spec.transition_dim, dim, tuple(cfg.reward.dim_mults))
+        reward = TrainedReward(net.to(device).eval().requires_grad_(False), spec, normalizer, model.schedule, {},
+                               Path("bench"))
+        guide = RewardGuide(reward, 1.0, sc.n_guide_steps, sc.t_stopgrad, sc.scale_grad_by_std, sc.rank_t)
+        states = np.zeros((args.envs, spec.obs_dim), np.float32)
+        for sampler, steps in (("ddpm", None), ("ddim", args.ddim_steps)):
+            for name, (planning_model, planning_guide, n_plans) in planner_settings(model, model, guide,
+                                                                                   args.plans).items():
+                planner = GuidedPlanner(planning_model, planning_guide, n_plans, sampler, steps,
                                         generator=torch.Generator(device).manual_seed(0))
                 planner.plan(states)  # warm-up
                 seconds = [planner.plan(states).seconds for _ in range(args.repeats)]
-                rows.append({"sampler": sampler, "sample_steps": steps or spec.n_steps, "steered": steered,
-                             "batch": args.envs * n_plans, "ms": 1000 * float(np.median(seconds))})
-    table = Table(title=f"planning latency per replanning step ({device}, horizon {spec.horizon}, "
-                        f"dim {spec.dim}, {args.envs} states)")
+                rows.append({"shape": shape, "sampler": sampler, "sample_steps": steps or spec.n_steps,
+                             "planner": name, "batch": args.envs * n_plans, "ms": 1000 * float(np.median(seconds))})
+    table = Table(title=f"planning latency per replanning step ({device}, {args.envs} states, guidance: "
+                        f"{sc.n_guide_steps} guide steps, t_stopgrad {sc.t_stopgrad})")
     for column in rows[0]:
         table.add_column(column, justify="right")
     for row in rows:

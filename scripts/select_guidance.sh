@@ -9,7 +9,9 @@
 #   ENV=hopper SCALES=0.1,0.3,1 STOPGRADS=0,2 scripts/select_guidance.sh base_model=... expert_model=... reward_model=...
 #
 # Environment: ENV (halfcheetah), PRESET (locomotion_quick), SCALES (0.1,0.3,1,3), STOPGRADS (0,2,5),
-# SELECT_SEEDS ([0]), EVAL_SEEDS ([1,2,3]), EPISODES (10 per seed), OUT (runs/selection/$ENV), RELREWARD.
+# SELECT_SEEDS ([0]), EVAL_SEEDS ([1,2,3]), EPISODES (10 per seed), TAG (none: a name for a variant, e.g. authors),
+# OUT (runs/selection/$ENV[-$TAG]: the selection sweep), HELDOUT_ROOT (runs/heldout: the held-out run goes to
+# $HELDOUT_ROOT/$ENV[-$TAG], so that `relreward report runs/heldout` tables every task), RELREWARD.
 # Extra arguments are Hydra overrides for every step (model paths, threads=1, formulation=authors, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,9 @@ STOPGRADS=${STOPGRADS:-0,2,5}
 SELECT_SEEDS=${SELECT_SEEDS:-[0]}
 EVAL_SEEDS=${EVAL_SEEDS:-[1,2,3]}
 EPISODES=${EPISODES:-10}
-OUT=${OUT:-runs/selection/$ENV}
+NAME=$ENV${TAG:+-$TAG}
+OUT=${OUT:-runs/selection/$NAME}
+HELDOUT_ROOT=${HELDOUT_ROOT:-runs/heldout}
 if [[ -z "${RELREWARD:-}" ]]; then
   if command -v relreward >/dev/null; then RELREWARD=relreward; else RELREWARD=.venv/bin/relreward; fi
 fi
@@ -34,5 +38,5 @@ mapfile -t chosen < <("$RELREWARD" report "$OUT/select" --select guided/return_m
 echo "== 2. chosen on seeds $SELECT_SEEDS: ${chosen[*]}"
 
 echo "== 3. held-out evaluation on seeds $EVAL_SEEDS, every planner"
-"$RELREWARD" steer-eval "${common[@]}" "steer.seeds=$EVAL_SEEDS" "${chosen[@]}" "hydra.run.dir=$OUT/heldout"
-"$RELREWARD" report "$OUT/heldout"
+"$RELREWARD" steer-eval "${common[@]}" "steer.seeds=$EVAL_SEEDS" "${chosen[@]}" "hydra.run.dir=$HELDOUT_ROOT/$NAME"
+"$RELREWARD" report "$HELDOUT_ROOT"

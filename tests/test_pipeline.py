@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import _cli_command
 
 from relreward_cli.data.pairs import load_segment_pair
 from relreward_cli.diffusion.artifact import load_diffusion_model
 from relreward_cli.envs.maze import MazeGeometry
+from relreward_cli.errors import UserError
 from relreward_cli.models.reward_net import RewardNet
 from relreward_cli.reward.evaluate import maze_reward_map
 from relreward_cli.reward.trainer import load_reward_model, model_sample_pool, train_reward
@@ -164,3 +168,54 @@ def test_extraction_can_draw_from_model_samples(pipeline_run, smoke_data, tmp_pa
         saved = load_checkpoint(tmp_path / str(fraction) / "reward.pt", kind="reward-model")
         assert saved["sample_fraction"] == fraction
     assert losses[0.0] != losses[0.5]  # the batches really differ
+
+
+def test_extraction_targets_and_start_conditioning(pipeline_run, smoke_data, tmp_path):
+    """The authors' posterior-mean target and start-inpainted batches train, are recorded in reward.pt, and change
+    the batches' losses; an unknown target or share is refused before any step."""
+    _, run_dir, _, _ = pipeline_run
+    base, expert = (load_diffusion_model(run_dir / f"diffusion_{kind}") for kind in ("base", "expert"))
+    data = load_segment_pair(base.info["sources"]["base"], base.info["sources"]["expert"], smoke_data.data_dir,
+                             base.spec.horizon, base.spec.use_actions, normalizer=base.normalizer)
+
+    def train(folder: str, **options):
+        return train_reward(base, expert, data, tmp_path / folder, dim=8, dim_mults=(1, 2), n_steps=4, batch_size=8,
+                            lr=1e-3, grad_clip=1.0, save_every=4, log_every=2, generator=torch.Generator().manual_seed(0),
+                            device=torch.device("cpu"), info={"seed": 0}, **options)
+
+    losses = {}
+    for target, share in (("score", 0.0), ("score", 0.5), ("posterior_mean", 0.0)):
+        torch.manual_seed(0)
+        reward, result = train(f"{target}-{share}", target=target, start_conditioned=share)
+        assert math.isfinite(result.final_loss) and reward.target == target
+        assert load_checkpoint(reward.path, kind="reward-model")["start_conditioned"] == share
+        losses[target, share] = result.final_loss
+    assert len(set(losses.values())) == 3
+    with pytest.raises(UserError, match="extract.target"):
+        train("bad", target="value")
+    with pytest.raises(UserError, match="start_conditioned"):
+        train("bad", start_conditioned=1.5)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_select_guidance_script_chooses_on_selection_seeds_and_reports_held_out_ones(pipeline_run, smoke_data,
+                                                                                     tmp_path):
+    run_root, run_dir, _, _ = pipeline_run
+    script = Path(__file__).resolve().parents[1] / "scripts" / "select_guidance.sh"
+    env = {**os.environ, "ENV": "maze2d_umaze", "PRESET": "smoke", "SCALES": "0,30", "STOPGRADS": "0,1",
+           "SELECT_SEEDS": "[0]", "EVAL_SEEDS": "[1,2]", "EPISODES": "2", "OUT": str(tmp_path / "select"),
+           "HELDOUT_ROOT": str(tmp_path / "heldout"), "RELREWARD": " ".join(_cli_command())}
+    proc = subprocess.run(["bash", str(script), f"data_dir={smoke_data.data_dir}", f"run_root={run_root}",
+                           "device=cpu", "logger.mode=disabled", f"base_model={run_dir / 'diffusion_base'}",
+                           f"expert_model={run_dir / 'diffusion_expert'}", f"reward_model={run_dir / 'extract'}"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    selection = json.loads((tmp_path / "select" / "select" / "selection.json").read_text())
+    assert len(selection["all"]) == 4 and selection["metric"] == "guided/return_mean"
+    assert sorted(key.split("=")[0] for key in selection["overrides"]) == ["steer.scale", "steer.t_stopgrad"]
+    held_out = json.loads((tmp_path / "heldout" / "maze2d_umaze" / "metrics.json").read_text())
+    chosen = yaml.safe_load((tmp_path / "heldout" / "maze2d_umaze" / "config.yaml").read_text())["steer"]
+    picked = dict(override.split("=") for override in selection["overrides"])
+    assert (chosen["scale"], chosen["t_stopgrad"]) == (float(picked["steer.scale"]), int(picked["steer.t_stopgrad"]))
+    assert chosen["seeds"] == [1, 2] and held_out["guided_ranked/episodes"] == 4
+    assert "guided − base" in (tmp_path / "heldout" / "report.md").read_text()

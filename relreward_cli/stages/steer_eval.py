@@ -64,6 +64,17 @@ def evaluate_planner(cfg: DictConfig, model: TrainedDiffusion, guide: RewardGuid
         envs.close()
 
 
+def planner_settings(base: TrainedDiffusion, expert: TrainedDiffusion, guide: RewardGuide | None, n_plans: int
+                     ) -> dict[str, tuple[TrainedDiffusion, RewardGuide | None, int]]:
+    """Model, guide and plans per state of each planner of `PLANNERS` (see the module docstring); the reward
+    planners are left out when there is no guide. `ranked` ranks with the guide at scale 0 (no gradient)."""
+    planners = {"base": (base, None, 1), "expert": (expert, None, 1)}
+    if guide is not None:
+        planners |= {"guided": (base, guide, 1), "ranked": (base, dataclasses.replace(guide, scale=0.0), n_plans),
+                     "guided_ranked": (base, guide, n_plans)}
+    return {name: planners[name] for name in PLANNERS if name in planners}
+
+
 def summarize(rollouts: list[Rollouts], score, base: list[Rollouts] | None = None) -> dict:
     """Metrics of one planner over the rollouts of every seed; with the base planner's rollouts of the same
     seeds (same start states), the paired return differences to it (``vs_base_*``: mean and s.e. over paired
@@ -111,10 +122,8 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     if set(REWARD_PLANNERS) & set(sc.planners):
         guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
                             sc.scale_grad_by_std, sc.rank_t, sc.grad_clip)
-    ranking = None if guide is None else dataclasses.replace(guide, scale=0.0)  # ranks, never moves a sample
-    planners = {"base": (base, None, 1), "guided": (base, guide, 1), "ranked": (base, ranking, sc.n_plans),
-                "guided_ranked": (base, guide, sc.n_plans), "expert": (expert, None, 1)}
-    planners = {name: planners[name] for name in PLANNERS if name in sc.planners}
+    planners = {name: planner for name, planner in planner_settings(base, expert, guide, sc.n_plans).items()
+                if name in sc.planners}
     score = score_normalizer(environment(cfg.env.name).d4rl_task, cfg.env.expert_data, data_root(cfg))
     rollouts = {name: [evaluate_planner(cfg, *planner, seed, name) for seed in sc.seeds]
                 for name, planner in planners.items()}
