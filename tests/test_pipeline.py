@@ -179,9 +179,10 @@ def test_extraction_targets_and_start_conditioning(pipeline_run, smoke_data, tmp
                              base.spec.horizon, base.spec.use_actions, normalizer=base.normalizer)
 
     def train(folder: str, **options):
-        return train_reward(base, expert, data, tmp_path / folder, dim=8, dim_mults=(1, 2), n_steps=4, batch_size=8,
-                            lr=1e-3, grad_clip=1.0, save_every=4, log_every=2, generator=torch.Generator().manual_seed(0),
-                            device=torch.device("cpu"), info={"seed": 0}, **options)
+        return train_reward(base, expert, data, tmp_path / folder, dim=8, dim_mults=(1, 2), n_steps=4,
+                            batch_size=8, lr=1e-3, grad_clip=1.0, save_every=4, log_every=2,
+                            generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), info={"seed": 0},
+                            **options)
 
     losses = {}
     for target, share in (("score", 0.0), ("score", 0.5), ("posterior_mean", 0.0)):
