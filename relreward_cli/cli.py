@@ -19,7 +19,7 @@ STAGES: dict[str, str] = {
     "make-dataset": "Generate Maze2D datasets offline in PointMaze, written in Minari's format.",
     "train-diffusion": "Train a trajectory diffusion model (temporal U-Net) on the base or expert data.",
     "extract": "Extract the relative reward from a base and an expert diffusion model; evaluate it.",
-    "steer-eval": "Roll out the base, reward-steered base and expert planners in the env; score them.",
+    "steer-eval": "Roll out the base, reward-guided / -ranked base and expert planners in the env; score them.",
     "pipeline": "make-dataset -> train-diffusion (base, expert) -> extract [-> steer-eval], in one command.",
     "report": "Summarize a sweep: `relreward report <sweep folder>` -> report.md (mean ± s.e.), plots.",
 }
@@ -35,13 +35,42 @@ LAUNCHER_PLUGINS: dict[str, tuple[tuple[str, ...], str]] = {
     "rq": (("hydra_plugins.hydra_rq_launcher",), "hydra-rq-launcher"),
 }
 
-CONFIG_DIR = Path(os.environ.get("RELREWARD_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+
+def packaged_config_dir() -> Path:
+    """The Hydra configs that come with the package (the package ``relreward_cli.configs``).
+
+    A wheel (``pip install <path or git URL>``) installs the repository's ``configs/`` as ``relreward_cli/configs/``,
+    next to this module (pyproject.toml's package-dir). A source checkout or an editable install (``make install``)
+    has no such folder: there the configs are the repository's ``configs/`` itself, read live, so that edits take
+    effect without reinstalling.
+    """
+    package = Path(__file__).resolve().parent
+    shipped = package / "configs"
+    return shipped if shipped.is_dir() else package.parent / "configs"
+
+
+# RELREWARD_CONFIG_DIR (a folder laid out like configs/) overrides the packaged configs.
+CONFIG_DIR = Path(os.environ.get("RELREWARD_CONFIG_DIR") or packaged_config_dir())
+
+
+def version() -> str:
+    """The installed distribution's version (its metadata), or the source tree's where it is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
+
+    try:
+        return distribution_version("relreward")
+    except PackageNotFoundError:
+        from relreward_cli import __version__
+
+        return __version__
 
 
 def _usage() -> str:
     width = max(map(len, STAGES))
     lines = [f"  {name:<{width}}  {text}" for name, text in STAGES.items()]
-    return ("usage: relreward <stage> [hydra overrides] [--multirun] [--cfg job] [--help]\n\nstages:\n"
+    return ("usage: relreward <stage> [hydra overrides] [--multirun] [--cfg job] [--help]\n"
+            "       relreward --version\n\nstages:\n"
             + "\n".join(lines)
             + "\n\nexample: relreward pipeline env=maze2d_medium seed=1\n"
             "`relreward <stage> --help` lists the stage's config groups and options.")
@@ -110,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"relreward {version()}")
+        return 0
     stage = argv[0]
     if stage == "report":
         from relreward_cli.report import main as report_main
@@ -120,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if not (CONFIG_DIR / f"{_module_name(stage)}.yaml").is_file():
-        print(f"relreward: no config directory with {_module_name(stage)}.yaml at {CONFIG_DIR}. Install the "
-              "project in editable mode (`make install`) or set RELREWARD_CONFIG_DIR to its configs/ folder.",
+        fix = ("RELREWARD_CONFIG_DIR points there: point it at a folder laid out like the project's configs/, "
+               "or unset it to use the configs that ship with the package." if os.environ.get("RELREWARD_CONFIG_DIR")
+               else "The installed package should carry it: reinstall relreward (`pip install <path or git URL>`, "
+               "or `make install` in a clone), or set RELREWARD_CONFIG_DIR to a configs/ folder.")
+        print(f"relreward: no config directory with {_module_name(stage)}.yaml at {CONFIG_DIR}. {fix}",
               file=sys.stderr)
         return 2
     problem = launcher_problem(argv[1:])
