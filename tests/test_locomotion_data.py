@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from relreward_cli.cli import CONFIG_DIR
@@ -51,6 +52,7 @@ def test_levels_round_trip_through_minari(generated, tmp_path):
         assert metadata["medium_snapshot"]["step"] in (100, 200, 300)
         info = dataset_info(source, tmp_path)
         mean_returns = metadata["dataset_mean_return"]
+        assert metadata["torch_threads"] == torch.get_num_threads()
         assert info["ref_min_score"] == pytest.approx(mean_returns["random"])
         assert info["ref_max_score"] == pytest.approx(mean_returns["expert"])
     with pytest.raises(UserError, match="already exists"):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from relreward_cli.data.generate_maze import stack_episode, write_minari_dataset
 from relreward_cli.envs.registry import environment, make_env
@@ -106,8 +107,10 @@ def generate_locomotion_episodes(settings: dict, progress: bool = True) -> dict[
     `MEDIUM_FRACTION` of the final return above random (`medium`) and of the final policy (`expert`).
     `settings` is the record `locomotion_settings` returns (it checks them). Evaluations and rollouts alike
     sample the policy's actions (stochastic, as D4RL's data), so the medium data's return sits near a third
-    of the way from random to expert. Episodes are truncated after `max_episode_steps`. Same settings, same
-    arrays (on CPU).
+    of the way from random to expert. Episodes are truncated after `max_episode_steps`. Same settings and same
+    torch thread count, same arrays (on CPU); another thread count changes SAC's floating-point sums and so its
+    policy (measured: 1 and 2 threads differ after 4000 updates, 2 threads twice are identical). The thread
+    count is recorded in the metadata (`torch_threads`).
 
     Returns per level: `episodes` (dicts as `write_minari_dataset` takes) and `metadata` (the settings, the
     level, the evaluations, the snapshot chosen and the mean returns of every level's dataset).
@@ -177,6 +180,8 @@ def generate_locomotion_episodes(settings: dict, progress: bool = True) -> dict[
         "medium_threshold": threshold, "medium_snapshot": {"step": medium[0], "eval_return": medium[1]},
         "dataset_mean_return": {level: mean_episode_return(episodes[level], settings["max_episode_steps"])
                                 for level in LEVELS},
+        # SAC's floating-point results depend on torch's thread count: same seed and threads, same data
+        "torch_threads": torch.get_num_threads(),
     }
     return {level: {"episodes": episodes[level],
                     "metadata": {"generator": GENERATOR, "settings": settings, "gym_id": environment(task).gym_id,
