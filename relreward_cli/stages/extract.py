@@ -36,7 +36,8 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
             info={"env": cfg.env.name, "sources": sources, "seed": cfg.seed}, sample_fraction=ec.sample_fraction,
             sample_pool=ec.sample_pool, target=ec.target, start_conditioned=ec.start_conditioned,
             on_log=log_to(tracker, "extract"))
-        metrics = {"target": ec.target, "steps": result.step, "final_loss": result.final_loss,
+        metrics = {"target": ec.target, "start_conditioned": ec.start_conditioned, "steps": result.step,
+                   "final_loss": result.final_loss,
                    "steps_per_s": result.steps_per_s, "peak_memory_mb": result.peak_memory_mb, "device": str(device)}
         _plot_loss_bands(tracker)
         if ec.eval_segments:
