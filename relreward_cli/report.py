@@ -65,6 +65,10 @@ class Run:
 
     @property
     def seed(self) -> Any:
+        """The run's seed; for a steer-eval run, the evaluation seeds its episodes come from (e.g. ``eval 1/2/3``)."""
+        steer = self.config.get("steer")
+        if self.config.get("stage") == "steer-eval" and isinstance(steer, dict) and steer.get("seeds"):
+            return "eval " + "/".join(str(seed) for seed in steer["seeds"])
         return self.config.get("seed")
 
     @property

@@ -219,4 +219,5 @@ def test_select_guidance_script_chooses_on_selection_seeds_and_reports_held_out_
     picked = dict(override.split("=") for override in selection["overrides"])
     assert (chosen["scale"], chosen["t_stopgrad"]) == (float(picked["steer.scale"]), int(picked["steer.t_stopgrad"]))
     assert chosen["seeds"] == [1, 2] and held_out["guided_ranked/episodes"] == 4
-    assert "guided − base" in (tmp_path / "heldout" / "report.md").read_text()
+    report = (tmp_path / "heldout" / "report.md").read_text()
+    assert "guided − base" in report and "| 1 (eval 1/2) |" in report
