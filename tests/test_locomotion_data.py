@@ -108,6 +108,28 @@ def test_env_configs_carry_their_planning_defaults():
         assert (cfg.normalizer, cfg.diffusion.prediction, cfg.diffusion.clip_denoised) == expected
 
 
+def test_authors_formulation_and_quick_steering_presets():
+    """formulation=authors carries the authors' target and published per-task steering; the quick preset takes the
+    guidance chosen on selection seeds per env (defaults elsewhere) and Hopper's larger SAC budget."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        authors = {env: compose("steer_eval", [f"env={env}", "experiment=locomotion_quick", "formulation=authors"])
+                   for env in ("halfcheetah", "hopper", "walker2d")}
+        quick = {env: compose("make_dataset", [f"env={env}", "experiment=locomotion_quick"])
+                 for env in ("halfcheetah", "hopper", "walker2d")}
+        maze = compose("extract", [])
+    published = {"halfcheetah": (0.5, 5, None, 4), "hopper": (0.2, 10, 0.2, 32), "walker2d": (0.5, 5, None, 32)}
+    for env, cfg in authors.items():
+        steer = cfg.steer
+        assert (steer.scale, steer.t_stopgrad, steer.grad_clip, cfg.horizon) == published[env]
+        assert (cfg.extract.target, steer.n_guide_steps, steer.scale_grad_by_std, steer.replan_every) == (
+            "posterior_mean", 1, False, 1)
+    chosen = {env: (cfg.steer.scale, cfg.steer.t_stopgrad, cfg.env.generate.sac.total_steps)
+              for env, cfg in quick.items()}
+    assert chosen == {"halfcheetah": (1.0, 5, 100_000), "hopper": (0.3, 5, 200_000), "walker2d": (1.0, 2, 200_000)}
+    assert (maze.extract.target, maze.extract.start_conditioned, quick["hopper"].extract.start_conditioned) == (
+        "score", 0.0, 0.5)
+
+
 def test_missing_stable_baselines3_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)  # `import stable_baselines3` raises ImportError
     with pytest.raises(UserError, match=r"pip install 'relreward\[locomotion\]'"):
