@@ -1,0 +1,55 @@
+"""What does an extracted reward follow? Correlate it with the return and with each observation dimension (mean over
+the segment) of dataset segments, per dataset.
+
+    python scripts/reward_features.py runs/extract/quick-hopper-s0 [--data-dir data] [--t 0 5] [--segments 1024]
+
+The datasets are the ones the reward's models were trained on (recorded in reward.pt). Prints one table per dataset
+and t: Pearson correlation of the reward (read as in `relreward extract`, noise-averaged at diffusion time t) with
+the segment return, the mean absolute action, and every observation dimension's segment mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from relreward_cli.data.sources import load_episodes
+from relreward_cli.reward.evaluate import episode_windows, noised_reward, pearson
+from relreward_cli.reward.trainer import load_reward_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reward", type=Path, help="an extract run folder or reward.pt")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--t", type=int, nargs="+", default=[0])
+    parser.add_argument("--segments", type=int, default=1024)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    reward = load_reward_model(args.reward)
+    spec, sources = reward.spec, reward.info["sources"]
+    for kind in ("base", "expert"):
+        raw, returns = episode_windows(load_episodes(sources[kind], args.data_dir), spec.horizon, spec.use_actions,
+                                       args.segments, seed=0)
+        x0 = torch.as_tensor(reward.normalizer.normalize(raw), dtype=torch.float32)
+        observations, actions = raw[:, :, spec.act_dim:], raw[:, :, :spec.act_dim]
+        features = {"segment return": returns, "mean |action|": np.abs(actions).mean(axis=(1, 2))}
+        features |= {f"obs[{i}] (mean)": observations[:, :, i].mean(axis=1) for i in range(spec.obs_dim)}
+        for t in args.t:
+            learned = noised_reward(reward, x0, t, 16, 0)
+            table = Table(title=f"{kind} data ({sources[kind]}), reward at t={t}: Pearson with")
+            table.add_column("feature")
+            table.add_column("r", justify="right")
+            table.add_column("feature mean", justify="right")
+            for name, values in features.items():
+                table.add_row(name, f"{pearson(learned, values):+.2f}", f"{values.mean():.3f}")
+            Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
