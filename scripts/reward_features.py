@@ -5,7 +5,7 @@ the segment) of dataset segments, per dataset.
 
 The datasets are the ones the reward's models were trained on (recorded in reward.pt). Prints one table per dataset
 and t: Pearson correlation of the reward (read as in `relreward extract`, noise-averaged at diffusion time t) with
-the segment return, the mean absolute action, and every observation dimension's segment mean.
+the segment return, the mean absolute action (models of actions), and every observation dimension's segment mean.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ def main() -> None:
         raw, returns = episode_windows(load_episodes(sources[kind], args.data_dir), spec.horizon, spec.use_actions,
                                        args.segments, seed=0)
         x0 = torch.as_tensor(reward.normalizer.normalize(raw), dtype=torch.float32)
-        observations, actions = raw[:, :, spec.act_dim:], raw[:, :, :spec.act_dim]
-        features = {"segment return": returns, "mean |action|": np.abs(actions).mean(axis=(1, 2))}
-        features |= {f"obs[{i}] (mean)": observations[:, :, i].mean(axis=1) for i in range(spec.obs_dim)}
+        observations, actions = raw[:, :, spec.action_dim:], raw[:, :, :spec.action_dim]  # no actions: state plans
+        features = {"segment return": returns}
+        if spec.action_dim:
+            features["mean |action|"] = np.abs(actions).mean(axis=(1, 2))
+        features |= {f"obs[{i}] (mean)": observations[:, :, i].mean(axis=1) for i in range(observations.shape[2])}
         for t in args.t:
             learned = noised_reward(reward, x0, t, 16, 0)
             table = Table(title=f"{kind} data ({sources[kind]}), reward at t={t}: Pearson with")

@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,13 @@ def test_select_guidance_script_chooses_on_selection_seeds_and_reports_held_out_
     assert chosen["seeds"] == [1, 2] and held_out["guided_ranked/episodes"] == 4
     report = (tmp_path / "heldout" / "report.md").read_text()
     assert "guided − base" in report and "| 1 (eval 1/2) |" in report
+
+
+def test_reward_features_script_correlates_the_reward_with_each_observation(pipeline_run, smoke_data):
+    _, run_dir, _, _ = pipeline_run
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reward_features.py"
+    proc = subprocess.run([sys.executable, str(script), str(run_dir / "extract"), "--data-dir",
+                           str(smoke_data.data_dir), "--segments", "8", "--t", "0", "2"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("segment return") == 4 and "obs[3] (mean)" in proc.stdout  # 2 datasets x 2 t
