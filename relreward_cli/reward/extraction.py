@@ -27,13 +27,17 @@ class EpsModel(Protocol):
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
 
 
-@torch.no_grad()
-def eps_difference(base: EpsModel, expert: EpsModel, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """`eps_expert(x_t, t) - eps_base(x_t, t)` `(B, H, D)` for `x_t` `(B, H, D)`, `t` `(B,)`; no gradients."""
+def _check_one_schedule(base: EpsModel, expert: EpsModel) -> None:
     if not base.schedule.matches(expert.schedule):
         raise UserError("The base and expert models use different noise schedules "
                         f"({base.schedule.to_dict()} vs {expert.schedule.to_dict()}); their scores are only "
                         "comparable on one schedule, so train both with the same diffusion settings.")
+
+
+@torch.no_grad()
+def eps_difference(base: EpsModel, expert: EpsModel, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`eps_expert(x_t, t) - eps_base(x_t, t)` `(B, H, D)` for `x_t` `(B, H, D)`, `t` `(B,)`; no gradients."""
+    _check_one_schedule(base, expert)
     return expert.predict_eps(x_t, t) - base.predict_eps(x_t, t)
 
 
@@ -64,7 +68,7 @@ def posterior_means(base: EpsModel, expert: EpsModel, x_t: torch.Tensor, t: torc
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The DDPM posterior means `mu_base(x_t, t)` and `mu_expert(x_t, t)` `(B, H, D)` of `x_{t-1}` given `x_t`,
     each from the model's unclipped `x_0 = (x_t - sigma_t eps) / sqrt(alpha_bar_t)`; no gradients."""
-    eps_difference(base, expert, x_t, t)  # refuses models on different schedules
+    _check_one_schedule(base, expert)
     schedule = base.schedule
     return tuple(schedule.posterior_mean_variance(schedule.predict_x0(x_t, model.predict_eps(x_t, t), t), x_t, t)[0]
                  for model in (base, expert))

@@ -88,6 +88,7 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     conditioned = torch.arange(batch_size, device=device) < round(batch_size * start_conditioned)
     weights = torch.ones(batch_size, base.spec.horizon, base.spec.transition_dim, device=device)
     weights[conditioned, 0, action_dim:] = 0
+    any_conditioned = bool(conditioned.any())
     pool = model_sample_pool(base, expert, sample_pool, seed=int(info.get("seed", 0))) if n_samples else None
 
     def loss_fn():
@@ -96,10 +97,11 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
             parts.append(pool[torch.randint(len(pool), (n_samples,), generator=generator).to(device)])
         x0 = torch.cat(parts)
         x_t, t = noised_batch(x0, schedule)
-        x_t = torch.where(conditioned[:, None, None], apply_conditioning(x_t, {0: x0[:, 0, action_dim:]}, action_dim),
-                          x_t)
+        if any_conditioned:
+            inpainted = apply_conditioning(x_t, {0: x0[:, 0, action_dim:]}, action_dim)
+            x_t = torch.where(conditioned[:, None, None], inpainted, x_t)
         loss, per_sample = extraction_loss(net, base.diffusion, expert.diffusion, x_t, t, target,
-                                           weights if conditioned.any() else None)
+                                           weights if any_conditioned else None)
         return loss, loss_by_t_band(per_sample, t, schedule.n_steps)
 
     extra = {"spec": asdict(base.spec), "architecture": architecture, "sample_fraction": sample_fraction,
