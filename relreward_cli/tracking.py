@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +129,20 @@ class RunTracker:
         row = _jsonable({"step": step, **metrics})
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
-        if self.wandb_run is not None:
-            self.wandb_run.log(dict(metrics), step=step)
+        self._to_wandb(lambda run: run.log(dict(metrics), step=step))
+
+    def _to_wandb(self, send: Callable[[Any], Any]) -> None:
+        """Call `send(wandb_run)`; if W&B fails mid-run (its service process killed, as SLURM does to every
+        process of a job it pre-empts, or a full disk), warn once and go on without it: the run folder holds
+        everything."""
+        if self.wandb_run is None:
+            return
+        try:
+            send(self.wandb_run)
+        except Exception as err:
+            log.warning("W&B stopped working (%s: %s); going on without it (the run folder holds everything).",
+                        type(err).__name__, err)
+            self.wandb_run = None
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row of ``metrics.jsonl`` so far (those of earlier, resumed attempts included)."""
@@ -146,19 +158,17 @@ class RunTracker:
         if self.wandb_run is not None:
             import wandb
 
-            self.wandb_run.log({key: wandb.Image(str(path))}, step=step)
+            self._to_wandb(lambda run: run.log({key: wandb.Image(str(path))}, step=step))
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Write the final figures to ``metrics.json`` and the W&B summary."""
         write_json_atomic(self.run_dir / "metrics.json", metrics)
-        if self.wandb_run is not None:
-            self.wandb_run.summary.update(_jsonable(dict(metrics)))
+        self._to_wandb(lambda run: run.summary.update(_jsonable(dict(metrics))))
 
     def finish(self) -> None:
         self._metrics_file.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-            self.wandb_run = None
+        self._to_wandb(lambda run: run.finish())
+        self.wandb_run = None
 
     def __enter__(self) -> RunTracker:
         return self

@@ -12,7 +12,8 @@
 #
 # Environment: SEEDS (0,1,2,3,4), TASKS ("hopper walker2d halfcheetah": env configs, configs/env/<task>.yaml,
 # holding the base/expert dataset pairing), RUN_ROOT (runs), SWEEP_DIR ($RUN_ROOT/sweeps/paper_locomotion),
-# PARTITION, RELREWARD (the relreward command).
+# PARTITION, GPUS (per job on SLURM: 1; 0 for a CPU
+# partition), RELREWARD (the relreward command).
 # Run it in tmux/screen or with nohup: the launcher waits for its jobs. If it is stopped, the submitted
 # jobs go on; running the same command again skips finished runs and resumes the others from their
 # checkpoints, and `relreward report "$SWEEP_DIR"` makes the report.
@@ -20,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/sweep_lib.sh
-sweep_init "$0" paper_locomotion 21 "$@"
+sweep_init "$0" paper_locomotion "$@"
 TASKS=${TASKS:-hopper walker2d halfcheetah}
 
 # Diffuser's per-task settings (config/locomotion.py): HalfCheetah plans 4 steps (configs/env/halfcheetah.yaml)

@@ -10,7 +10,8 @@
 #   scripts/paper_maze2d.sh hydra.launcher.timeout_min=720 logger.entity=me   # extra Hydra overrides
 #
 # Environment: SEEDS (0,1,2,3,4), MAZES ("umaze medium large"), RUN_ROOT (runs), SWEEP_DIR
-# ($RUN_ROOT/sweeps/paper_maze2d), PARTITION, RELREWARD (the relreward command).
+# ($RUN_ROOT/sweeps/paper_maze2d), PARTITION, GPUS (per job on SLURM: 1; 0 for a CPU
+# partition), RELREWARD (the relreward command).
 # Run it in tmux/screen or with nohup: the launcher waits for its jobs. If it is stopped, the submitted
 # jobs go on; running the same command again skips finished runs and resumes the others from their
 # checkpoints (the job folders are deterministic), and `relreward report "$SWEEP_DIR"` makes the report.
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/sweep_lib.sh
-sweep_init "$0" paper_maze2d 19 "$@"
+sweep_init "$0" paper_maze2d "$@"
 MAZES=${MAZES:-umaze medium large}
 
 # Diffuser's per-maze horizon and number of diffusion steps.

@@ -1,18 +1,18 @@
 # Shared by the paper_*.sh launchers (sourced, not run): argument parsing, one sweep per task, the report.
 #
-#   sweep_init <script> <sweep name> <help lines> "$@"   parse --local/--dry-run/--help and extra overrides
+#   sweep_init <script> <sweep name> "$@"                 parse --local/--dry-run/--help and extra overrides
 #   sweep_launch <task> <command...>                       run one task's --multirun (SLURM: in the background)
 #   sweep_finish                                           wait for the launchers, then write the report
 
 sweep_init() {
-  local script=$1 name=$2 help_lines=$3
-  shift 3
+  local script=$1 name=$2
+  shift 2
   launcher=slurm dry="" extra=() pids=() failed=0
   for arg in "$@"; do
     case "$arg" in
       --local) launcher=local ;;
       --dry-run) dry=echo ;;
-      -h|--help) sed -n "2,${help_lines}p" "$script"; exit 0 ;;
+      -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$script"; exit 0 ;;  # the script's leading comment
       *) extra+=("$arg") ;;
     esac
   done
@@ -24,6 +24,8 @@ sweep_init() {
   fi
   launcher_args=("hydra/launcher=$launcher")
   if [[ $launcher == slurm && -n "${PARTITION:-}" ]]; then launcher_args+=("hydra.launcher.partition=$PARTITION"); fi
+  # the paper's sizes want a GPU per job; GPUS=0 sends them to a CPU partition
+  if [[ $launcher == slurm && ${GPUS:-1} != 0 ]]; then launcher_args+=("hydra.launcher.gpus_per_node=${GPUS:-1}"); fi
   mkdir -p "$SWEEP_DIR"
 }
 

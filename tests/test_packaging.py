@@ -27,6 +27,10 @@ KEY_CONFIGS = ("pipeline.yaml", "base.yaml", "env/maze2d_umaze.yaml", "experimen
                "formulation/authors.yaml", "hydra/launcher/slurm.yaml", "hydra/launcher/local.yaml")
 
 
+# Namespace packages the wheel installs into beside other distributions (its Hydra launcher plugin).
+SHARED_NAMESPACES = ("hydra_plugins",)
+
+
 def _run(cmd: list, cwd: Path, env: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> str:
     proc = subprocess.run(list(map(str, cmd)), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -66,7 +70,9 @@ def test_wheel_carries_configs_modules_and_extras(wheel):
         assert f"relreward_cli/configs/{config}" in names, f"{config} is missing from {wheel.name}"
     assert [name for name in _repo_configs() if f"relreward_cli/configs/{name}" not in names] == []
     # pyproject.toml lists the packages (configs/ is mapped in): a new subpackage must be added there.
-    modules = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "relreward_cli").rglob("*.py"))
+    modules = sorted(path.relative_to(REPO).as_posix() for package in ("relreward_cli", "hydra_plugins")
+                     for path in (REPO / package).rglob("*.py"))
+    assert "hydra_plugins/relreward_launchers/launchers.py" in modules
     assert [module for module in modules if module not in names] == []
     (metadata,) = (name for name in names if name.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()
@@ -114,6 +120,11 @@ def _deps_only_venv(root: Path) -> Path:
             continue
         if name.endswith((".pth", ".egg-link")) and str(REPO) in entry.read_text(errors="replace"):
             continue
+        if name in SHARED_NAMESPACES:  # a real folder, so that installing the wheel writes nothing into this venv
+            (site / entry.name).mkdir()
+            for child in entry.iterdir():
+                (site / entry.name / child.name).symlink_to(child)
+            continue
         (site / entry.name).symlink_to(entry)
     return python
 
@@ -149,8 +160,9 @@ def test_installed_wheel_runs_the_smoke_pipeline_outside_the_repo(wheel, tmp_pat
                           env={**env, "RELREWARD_CONFIG_DIR": str(empty)}, timeout=TIMEOUT_S)
     assert proc.returncode == 2 and f"no config directory with pipeline.yaml at {empty}" in proc.stderr
 
+    # A one-job sweep through the launcher the wheel installs under hydra_plugins (Hydra finds it there only).
     runs = tmp_path / "runs"
-    _run([relreward, "pipeline", "experiment=smoke", "logger.mode=disabled", "device=cpu", f"run_root={runs}",
-          f"data_dir={tmp_path / 'data'}"], cwd=work, env=env)
-    (metrics,) = runs.glob("pipeline/*/metrics.json")
+    _run([relreward, "pipeline", "--multirun", "hydra/launcher=local", "seed=0", "experiment=smoke",
+          "logger.mode=disabled", "device=cpu", f"run_root={runs}", f"data_dir={tmp_path / 'data'}"], cwd=work, env=env)
+    (metrics,) = runs.glob("multirun/pipeline/*/metrics.json")
     assert json.loads(metrics.read_text())

@@ -205,19 +205,22 @@ def test_slurm_launcher_config_reaches_sbatch(monkeypatch, tmp_path):
                  "+hydra.launcher.additional_parameters.mail-type=END", f"run_root={tmp_path / 'runs'}",
                  "seed=0"]
     with initialize_config_dir(str(relreward_cli.CONFIG_DIR), version_base=None):
-        cfg = compose("pipeline", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        assert "now" not in str(cfg.hydra.sweep)  # deterministic sweep folder
-        launcher = instantiate(cfg.hydra.launcher)
-        launcher.setup(hydra_context=None, task_function=lambda c: None, config=cfg)
-        with pytest.raises(RuntimeError, match="captured"):
-            launcher.launch([["seed=0"], ["seed=1"]], initial_job_idx=0)
-    (script,) = scripts
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8",
-                 "#SBATCH --mem=32GB", "#SBATCH --time=90", "#SBATCH --signal=USR2@180",
+        for extra in ([], ["hydra.launcher.gpus_per_node=2"]):
+            cfg = compose("pipeline", overrides=overrides + extra, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            assert "now" not in str(cfg.hydra.sweep)  # deterministic sweep folder
+            launcher = instantiate(cfg.hydra.launcher)
+            launcher.setup(hydra_context=None, task_function=lambda c: None, config=cfg)
+            with pytest.raises(RuntimeError, match="captured"):
+                launcher.launch([["seed=0"], ["seed=1"]], initial_job_idx=0)
+    default, with_gpu = scripts
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --cpus-per-task=4",
+                 "#SBATCH --mem=16GB", "#SBATCH --time=90", "#SBATCH --signal=USR2@180",
                  "#SBATCH --job-name=relreward-pipeline", "#SBATCH --mail-type=END"):
-        assert line in script, script
-    assert f"{tmp_path / 'runs'}/multirun/pipeline/.submitit/%j" in script
+        assert line in default and line in with_gpu, default
+    assert f"{tmp_path / 'runs'}/multirun/pipeline/.submitit/%j" in default
+    # GPUs only when asked for: a CPU partition takes the default script
+    assert "gpu" not in default.replace("--partition=gpu", "") and "#SBATCH --gpus-per-node=2" in with_gpu
     assert launcher.params["max_num_timeout"] == 10
 
 
@@ -258,3 +261,25 @@ def test_report_groups_steering_scores_by_task_and_lists_unfinished_runs(tmp_pat
     assert selection["overrides"] == ["steer.scale=0.3"]  # the swept setting only, never the seed or the logger
     with pytest.raises(UserError, match="ranked/return_mean"):
         select_setting(report, "ranked/return_mean")
+
+
+@pytest.mark.parametrize(("threads", "slurm_cpus", "expected"), [(None, "3", 3), (2, "3", 2), (None, None, None)])
+def test_threads_follow_the_slurm_jobs_cpus_unless_set(monkeypatch, threads, slurm_cpus, expected):
+    """Inside a SLURM job `threads=null` means the job's CPUs (not torch's default of every core of the node);
+    an explicit `threads` wins; outside a job torch's default stays."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from relreward_cli.stages.common import apply_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    if slurm_cpus:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm_cpus)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        in_effect = apply_threads(OmegaConf.create({"threads": threads}))
+        assert in_effect == (expected or before) == torch.get_num_threads()
+        assert os.environ["OMP_NUM_THREADS"] == str(expected or 1)
+    finally:
+        torch.set_num_threads(before)

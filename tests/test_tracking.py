@@ -125,3 +125,28 @@ def test_write_json_atomic(tmp_path):
     write_json_atomic(path, {"a": math.inf, "b": [1, 2.5], "c": torch.tensor(3.0)})
     assert _strict_json(path.read_text()) == {"a": "inf", "b": [1, 2.5], "c": 3.0}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_wandb_failing_mid_run_warns_once_and_the_run_folder_goes_on(tmp_path, caplog):
+    """As when SLURM pre-empts a job: SIGTERM kills W&B's service process while training goes on until the
+    job is killed; a dead W&B must not turn into a failed job."""
+
+    class DeadService:
+        calls = 0
+
+        def log(self, *args, **kwargs):
+            DeadService.calls += 1
+            raise ConnectionResetError("Connection lost")
+
+    tracker = RunTracker(tmp_path, {"seed": 0}, job_type="train", mode="disabled")
+    tracker.wandb_run = DeadService()
+    with caplog.at_level("WARNING", logger="relreward_cli.tracking"):
+        for step in (1, 2, 3):
+            tracker.log({"loss": 1.0 / step}, step=step)
+        tracker.summary({"loss": 1 / 3})
+        tracker.finish()
+    assert DeadService.calls == 1 and tracker.wandb_run is None
+    assert len([record for record in caplog.records if "W&B stopped working" in record.message]) == 1
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"loss": 1 / 3}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ from relreward_cli.errors import UserError
 from relreward_cli.tracking import RunTracker
 from relreward_cli.training import resolve_device
 
+log = logging.getLogger(__name__)
+
 
 def hydra_run_dir() -> Path:
     """The output folder Hydra picked for this job (``hydra.run.dir`` or the sweep's subfolder)."""
@@ -22,17 +26,29 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def job_cpus() -> int | None:
+    """The CPUs SLURM gave this job (``SLURM_CPUS_PER_TASK``, set when the job asked for them), or None."""
+    value = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def apply_threads(cfg: DictConfig) -> int:
-    """Apply ``threads`` (torch's CPU threads; null keeps torch's default); returns the count in effect."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    """Apply ``threads``: torch's CPU threads (its OpenMP pool). Null means the job's CPUs inside a SLURM job
+    (so that jobs sharing a node do not oversubscribe it) and torch's default elsewhere. The count is also
+    exported as ``OMP_NUM_THREADS`` for processes the stage starts. Returns the count in effect."""
+    threads = cfg.get("threads") or job_cpus()
+    if threads:
+        torch.set_num_threads(int(threads))
+        os.environ["OMP_NUM_THREADS"] = str(int(threads))
     return torch.get_num_threads()
 
 
 def torch_device(cfg: DictConfig) -> torch.device:
-    """Apply ``threads`` (as :func:`apply_threads`) and resolve ``device``."""
-    apply_threads(cfg)
-    return resolve_device(cfg.device)
+    """Apply ``threads`` (as :func:`apply_threads`) and resolve ``device``; logs both."""
+    threads = apply_threads(cfg)
+    device = resolve_device(cfg.device)
+    log.info("device %s, %d torch threads", device, threads)
+    return device
 
 
 def data_root(cfg: DictConfig) -> Path:

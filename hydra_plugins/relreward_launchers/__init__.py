@@ -1,0 +1,1 @@
+"""relreward's Hydra launchers (Hydra finds launcher plugins only under the `hydra_plugins` namespace)."""

@@ -1,0 +1,66 @@
+"""Hydra's submitit launchers (`hydra/launcher=slurm`, `hydra/launcher=local`) with failures told plainly.
+
+The plugin's own launchers let a refused submission (an `sbatch` error: a partition, GPU or memory request the
+cluster cannot meet) or a job that ended without a result reach the user as a Python traceback. These
+subclasses launch exactly the same way and turn those two cases into one paragraph that says what to do:
+a refused submission exits with code 2 before any job ran; failed jobs exit with code 1 once every job of the
+sweep has ended, naming the failed jobs' log files.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from hydra.core.utils import JobReturn
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+
+
+def _log_files(folder: Path) -> list[Path]:
+    """The job logs (stderr, then stdout) submitit wrote under the sweep's `.submitit` folder."""
+    return sorted(folder.glob("*/*_log.err")) + sorted(folder.glob("*/*_log.out"))
+
+
+class _PlainFailures:
+    """`launch` of a submitit launcher, with submission refusals and failed jobs reported without a traceback."""
+
+    params: dict
+    _EXECUTOR: str
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        try:
+            return super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
+        except FailedJobError as error:
+            text = str(error).strip()
+            if text.startswith("sbatch:"):  # the submission itself was refused: nothing ran
+                asked = ", ".join(f"{key}={self.params.get(key)}" for key in
+                                  ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min"))
+                print(f"relreward: error: SLURM refused the sweep's jobs: {text.splitlines()[-1]}. The launcher "
+                      f"asked for {asked}; set what this cluster offers with hydra.launcher.<field>=... (GPUs "
+                      "only with hydra.launcher.gpus_per_node=N; `sinfo -o '%P %c %m %G'` lists partitions, "
+                      "CPUs, memory and GPUs per node). No job was started.", file=sys.stderr)
+                sys.exit(2)
+            self._report_failed_jobs(text)
+        except UncompletedJobError as error:
+            self._report_failed_jobs(str(error).strip())
+
+    def _report_failed_jobs(self, text: str) -> NoReturn:
+        folder = Path(str(self.params["submitit_folder"])).parent
+        logs = _log_files(folder)
+        shown = "\n  ".join(str(path) for path in logs[-4:]) or str(folder)
+        print(f"relreward: error: a job of the sweep ended without its result ({text.splitlines()[0]}). The "
+              f"jobs' logs say why:\n  {shown}\nFinished runs keep their results; launching the same command "
+              "again skips them and resumes the others.", file=sys.stderr)
+        sys.exit(1)
+
+
+class PlainSlurmLauncher(_PlainFailures, SlurmLauncher):
+    """`hydra/launcher=slurm`: one SLURM array job per sweep."""
+
+
+class PlainLocalLauncher(_PlainFailures, LocalLauncher):
+    """`hydra/launcher=local`: submitit's local executor, one process per job."""
