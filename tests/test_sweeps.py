@@ -283,3 +283,15 @@ def test_threads_follow_the_slurm_jobs_cpus_unless_set(monkeypatch, threads, slu
         assert os.environ["OMP_NUM_THREADS"] == str(expected or 1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_job_failing_inside_the_sweep_is_told_with_its_reason_and_log(cli, tmp_path):
+    """A bad input found inside a job (here: no dataset where data_dir points) ends the launcher with code 1,
+    the job's own one-paragraph reason and the path of its log, not a traceback."""
+    proc = cli(["train-diffusion", "--multirun", "seed=0", "hydra/launcher=local", "experiment=smoke",
+                f"run_root={tmp_path / 'runs'}", f"data_dir={tmp_path / 'no-data'}", "logger.mode=disabled"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "a job of the sweep ended without its result" in proc.stderr
+    assert "relreward: error: Minari dataset 'relreward/pointmaze-umaze/base-v0' is not in the Minari root" \
+        in proc.stderr and "_0_log.err" in proc.stderr
+    assert "Traceback" not in proc.stderr

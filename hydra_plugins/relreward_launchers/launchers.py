@@ -18,9 +18,11 @@ from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 
 
-def _log_files(folder: Path) -> list[Path]:
-    """The job logs (stderr, then stdout) submitit wrote under the sweep's `.submitit` folder."""
-    return sorted(folder.glob("*/*_log.err")) + sorted(folder.glob("*/*_log.out"))
+def _failed_job_logs(folder: Path) -> list[Path]:
+    """The logs (stderr, stdout) of the jobs under the sweep's `.submitit` folder that wrote no result."""
+    return [log for err in sorted(folder.glob("*/*_log.err"))
+            if not err.with_name(err.name.replace("_log.err", "_result.pkl")).exists()
+            for log in (err, err.with_suffix(".out"))]
 
 
 class _PlainFailures:
@@ -50,11 +52,15 @@ class _PlainFailures:
 
     def _report_failed_jobs(self, text: str) -> NoReturn:
         folder = Path(str(self.params["submitit_folder"])).parent
-        logs = _log_files(folder)
-        shown = "\n  ".join(str(path) for path in logs[-4:]) or str(folder)
-        print(f"relreward: error: a job of the sweep ended without its result ({text.splitlines()[0]}). The "
-              f"jobs' logs say why:\n  {shown}\nFinished runs keep their results; launching the same command "
-              "again skips them and resumes the others.", file=sys.stderr)
+        logs = _failed_job_logs(folder)
+        reasons = sorted({line for path in logs if path.suffix == ".err"
+                          for line in path.read_text(errors="replace").splitlines()
+                          if line.startswith("relreward: error:")})
+        told = "".join(f"\n{reason}" for reason in reasons)
+        shown = "\n  ".join(str(path) for path in logs) or str(folder)
+        print(f"relreward: error: a job of the sweep ended without its result ({text.splitlines()[0]}).{told}\n"
+              f"Their logs:\n  {shown}\nFinished runs keep their results; launching the same command again "
+              "skips them and resumes the others.", file=sys.stderr)
         sys.exit(1)
 
 
