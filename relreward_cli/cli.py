@@ -6,6 +6,7 @@ The stages live in :mod:`relreward_cli.stages`; each exposes ``main(cfg) -> dict
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from relreward_cli.errors import UserError
+from relreward_cli.errors import ERROR_FILE, UserError
 
 STAGES: dict[str, str] = {
     "make-dataset": "Generate Maze2D datasets offline in PointMaze, written in Minari's format.",
@@ -118,14 +119,23 @@ def launcher_given(overrides: list[str]) -> bool:
 
 
 def report_user_errors(stage_main: Callable) -> Callable:
-    """Turn a :class:`UserError` raised inside a stage into one paragraph on stderr and exit code 2."""
+    """Turn a :class:`UserError` raised inside a stage into one paragraph on stderr and exit code 2; the message
+    also goes to the run folder's ``error.txt`` (removed when the run starts again), which ``relreward report``
+    shows for runs that did not finish."""
 
     @functools.wraps(stage_main)
     def wrapper(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        error_file = Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE
+        with contextlib.suppress(OSError):
+            error_file.unlink(missing_ok=True)
         try:
             return stage_main(cfg)
         except UserError as err:
             print(f"\nrelreward: error: {err}", file=sys.stderr)
+            with contextlib.suppress(OSError):  # a read-only or full run folder: the message above is enough
+                error_file.write_text(f"{err}\n")
             sys.exit(2)
 
     return wrapper

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relreward_cli.errors import UserError
+from relreward_cli.errors import ERROR_FILE, UserError
 from relreward_cli.plots import save_figure  # first: it selects the Agg backend
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,18 @@ class Run:
         except (TypeError, ValueError):
             return None
         return value if math.isfinite(value) else None
+
+    @property
+    def state(self) -> str:
+        """``finished``, ``failed: <reason>`` (the run's ``error.txt``, written when a stage refused its input or
+        failed), or ``running, killed or failed without a message``."""
+        if self.metrics is not None:
+            return "finished"
+        errors = sorted(self.path.rglob(ERROR_FILE))
+        if errors:
+            reason = errors[0].read_text(errors="replace").strip().splitlines() or ["(no message)"]
+            return f"failed: {reason[0][:200]}"
+        return "running, killed or failed without a message"
 
     def heatmap(self) -> Path | None:
         candidates = [self.path / "extract" / "plots" / "reward_maps.png", self.path / "plots" / "reward_maps.png"]
@@ -194,10 +206,6 @@ def build_report(sweep: Path) -> Report:
     for run in sorted(runs, key=lambda r: (_task_order(r.task), str(r.seed))):
         report.tasks.setdefault(run.task, []).append(run)
     report.columns = [col for col in COLUMNS if any(run.value(col[1]) is not None for run in runs)]
-    unfinished = [run for run in runs if run.metrics is None]
-    if unfinished:
-        report.notes.append(f"{len(unfinished)} run(s) without metrics.json (running, failed or killed) are "
-                            "left out: " + ", ".join(str(run.path.relative_to(sweep)) for run in unfinished))
     if not report.columns:
         report.notes.append("No run has a known result metric (pearson/*, */score_mean, */success_rate) yet.")
     return report
@@ -218,30 +226,40 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table: header, separator and rows, each with exactly the header's number of cells."""
+    assert all(len(row) == len(header) for row in rows), (header, rows)
+    return ["| " + " | ".join(cells) + " |" for cells in (header, ["---"] * len(header), *rows)]
+
+
 def markdown(report: Report) -> str:
-    """The report as Markdown: a summary table (mean ± s.e. over seeds per task) and a table per run."""
+    """The report as Markdown: a summary table (mean ± s.e. over seeds per task), a table per finished run,
+    and the runs left out (no metrics.json), each with why when the run recorded it (``error.txt``)."""
     titles = [title for title, _, _ in report.columns]
     lines = [f"# Results: {report.title}", "",
              f"Sweep folder `{report.sweep}`: {len(report.finished)} finished run(s) of {len(report.runs)}. "
              "Mean ± standard error over seeds (s.e. = sample std / sqrt(n)); a task of one run shows its s.e. "
-             "over episodes (paired episodes for the differences to base).", "",
-             "| task | seeds | " + " | ".join(titles) + " |",
-             "|---|---|" + "---|" * len(titles)]
+             "over episodes (paired episodes for the differences to base).", ""]
+    summary, per_run = [], []
     for task, runs in report.tasks.items():
         done = [run for run in runs if run.metrics is not None]
-        cells = [_cell(done, key) for _, key, _ in report.columns]
+        if not done:
+            continue
         seeds = ",".join(str(run.seed) for run in done)
-        lines.append(f"| {_md_escape(task)} | {len(done)} ({seeds}) | " + " | ".join(cells) + " |")
-    lines += ["", "Per run:", "", "| task | seed | " + " | ".join(titles) + " | folder |",
-              "|---|---|" + "---|" * len(titles) + "---|"]
-    for task, runs in report.tasks.items():
-        for run in runs:
+        summary.append([_md_escape(task), f"{len(done)} ({seeds})",
+                        *(_cell(done, key) for _, key, _ in report.columns)])
+        for run in done:
             values = [run.value(key) for _, key, _ in report.columns]
-            cells = [f"{v:.3f}" if v is not None else "–" for v in values]
-            if run.metrics is None:
-                cells = ["(unfinished)"] * len(values)
-            lines.append(f"| {_md_escape(task)} | {run.seed} | " + " | ".join(cells)
-                         + f" | `{_md_escape(str(run.path.relative_to(report.sweep)))}` |")
+            per_run.append([_md_escape(task), str(run.seed), *(f"{v:.3f}" if v is not None else "–" for v in values),
+                            f"`{_md_escape(str(run.path.relative_to(report.sweep)))}`"])
+    lines += _table(["task", "seeds", *titles], summary)
+    lines += ["", "Per run:", "", *_table(["task", "seed", *titles, "folder"], per_run)]
+    left_out = [run for run in report.runs if run.metrics is None]
+    if left_out:
+        lines += ["", f"Left out: {len(left_out)} run(s) without metrics.json.", ""]
+        lines += _table(["task", "seed", "state", "folder"], [
+            [_md_escape(run.task), str(run.seed), _md_escape(run.state),
+             f"`{_md_escape(str(run.path.relative_to(report.sweep)))}`"] for run in left_out])
     if report.notes:
         lines += [""] + [f"Note: {note}" for note in report.notes]
     return "\n".join(lines) + "\n"

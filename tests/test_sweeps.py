@@ -254,13 +254,53 @@ def test_report_groups_steering_scores_by_task_and_lists_unfinished_runs(tmp_pat
             "| 20.000 ± 5.774 |") in text
     # one run: its own s.e. over (paired) episodes where it has one
     assert "| walker2d (steer.scale=0.1) | 1 (0) | 30.000 | 20.000 | 100.000 | -10.000 ± 2.000 |" in text
-    assert "1 run(s) without metrics.json" in text and "env=walker2d,seed=1,steer.scale=0.1" in text
+    failed = tmp_path / "env=hopper,seed=3,steer.scale=0.3"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "hopper"}, "seed": 3}))
+    (failed / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=3", "env=hopper", "steer.scale=0.3"]))
+    (failed / "error.txt").write_text("Minari dataset 'x' is not in the Minari root /data.\n")
+    text = write_report(tmp_path)["markdown"]
+    assert_valid_markdown_tables(text)
+    per_run, left_out = text.split("Per run:")[1].split("Left out:")
+    assert "env=walker2d,seed=1," not in per_run and "env=hopper,seed=3," not in per_run  # listed apart
+    assert "2 run(s) without metrics.json" in left_out
+    assert "| walker2d (steer.scale=0.1) | 1 | running, killed or failed without a message |" in left_out
+    assert "| hopper (steer.scale=0.3) | 3 | failed: Minari dataset 'x' is not in the Minari root /data. |" in left_out
     assert written["bars"].is_file() and written["heatmaps"] is None  # no reward maps in these runs
     selection = select_setting(report, "guided/score_mean")
     assert selection["task"] == "hopper (steer.scale=0.3)" and selection["value"] == 75.0
     assert selection["overrides"] == ["steer.scale=0.3"]  # the swept setting only, never the seed or the logger
     with pytest.raises(UserError, match="ranked/return_mean"):
         select_setting(report, "ranked/return_mean")
+
+
+def assert_valid_markdown_tables(text: str) -> None:
+    """Every table: a header, a separator of as many cells, rows of as many cells."""
+    blocks, block = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            blocks.append(block)
+            block = []
+    assert blocks
+    for table in blocks:
+        cells = [len(line.replace("\\|", "").strip("|").split("|")) for line in table]
+        assert len(table) >= 2 and {cell.strip() for cell in table[1].strip("|").split("|")} == {"---"}, table
+        assert len(set(cells)) == 1, table
+
+
+def test_report_of_a_sweep_whose_runs_all_failed_is_valid_markdown(tmp_path):
+    import yaml
+
+    run = tmp_path / "seed=0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "maze2d_umaze"}, "seed": 0}))
+    (run / "extract").mkdir()
+    (run / "extract" / "error.txt").write_text("The base model was trained on another dataset.\n")
+    text = write_report(tmp_path)["markdown"]
+    assert_valid_markdown_tables(text)
+    assert "0 finished run(s) of 1" in text and "failed: The base model was trained on another dataset." in text
 
 
 @pytest.mark.parametrize(("threads", "slurm_cpus", "expected"), [(None, "3", 3), (2, "3", 2), (None, None, None)])
@@ -295,3 +335,9 @@ def test_a_job_failing_inside_the_sweep_is_told_with_its_reason_and_log(cli, tmp
     assert "relreward: error: Minari dataset 'relreward/pointmaze-umaze/base-v0' is not in the Minari root" \
         in proc.stderr and "_0_log.err" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # The run folder keeps the reason, so the sweep's report lists the run as failed, with it.
+    sweep_dir = tmp_path / "runs" / "multirun" / "train-diffusion"
+    (error,) = sweep_dir.glob("*/error.txt")
+    assert error.read_text().startswith("Minari dataset 'relreward/pointmaze-umaze/base-v0' is not in")
+    assert not list(sweep_dir.glob("*/model.pt"))
+    assert "| failed: Minari dataset 'relreward/pointmaze-umaze/base-v0'" in write_report(sweep_dir)["markdown"]
