@@ -144,6 +144,21 @@ class RunTracker:
                         type(err).__name__, err)
             self.wandb_run = None
 
+    def rewind(self, step: int) -> None:
+        """Drop the rows of ``metrics.jsonl`` logged after ``step``: a run resuming from its checkpoint at ``step``
+        logs the later steps again, and an earlier attempt may have logged some of them before it was killed."""
+        self._metrics_file.close()
+        path = self.run_dir / "metrics.jsonl"
+        lines = [line for line in path.read_text().splitlines() if line]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(tmp, path)
+            log.info("metrics.jsonl: dropped %d row(s) logged after the checkpoint's step %d", len(lines) - len(kept),
+                     step)
+        self._metrics_file = path.open("a")
+
     def rows(self) -> list[dict[str, Any]]:
         """Every row of ``metrics.jsonl`` so far (those of earlier, resumed attempts included)."""
         self._metrics_file.flush()

@@ -132,6 +132,7 @@ def train_loop(
     log_every: int = 100,
     grad_clip: float | None = 1.0,
     on_log: Callable[[dict[str, float], int], None] | None = None,
+    on_resume: Callable[[int], None] | None = None,
     description: str = "train",
 ) -> TrainResult:
     """Run ``n_steps`` optimizer steps of ``loss_fn``, resuming from ``checkpoint_path`` if it exists.
@@ -144,6 +145,8 @@ def train_loop(
         kind: checkpoint kind (``"diffusion"`` or ``"reward"``), checked when loading.
         ema: an object with ``update(model)`` and ``state_dict()/load_state_dict()`` (optional).
         on_log: called with ``(averaged scalars, step)`` every ``log_every`` steps and at the end.
+        on_resume: called with the checkpoint's step when the loop resumes from one (before any ``on_log``), so
+            that what an earlier attempt logged after its last checkpoint can be dropped.
     Raises:
         NonFiniteLossError: the loss was NaN/inf; nothing is saved after the last good checkpoint.
     """
@@ -158,6 +161,8 @@ def train_loop(
         _set_rng_state(state["rng"], generator)
         step = state["step"]
         log.info("Resuming %s from %s at step %d", description, checkpoint_path, step)
+        if on_resume is not None:
+            on_resume(step)
     resumed_from = last_saved = step
 
     def checkpoint() -> None:

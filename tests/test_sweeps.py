@@ -136,11 +136,11 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(smoke_data, t
     assert len(resumed) == 1 and resumed[0] >= 10 and resumed[0] % 10 == 0, job_logs[-3000:]
 
     # metrics.jsonl: the first attempt logged 10, 20, ...; the requeued one continues after the checkpoint
-    # (no restart from zero: step 10 is logged once; at most the one step logged between the checkpoint and
-    # the signal is logged twice), and the run ends at the configured step.
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-    assert sorted(set(steps)) == list(range(10, 201, 10)), steps
-    assert steps.count(10) == 1 and len(steps) - len(set(steps)) <= 1, steps
+    # (no restart from zero), having dropped what the first attempt logged after it, and the run ends at the
+    # configured step.
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    steps = [row["step"] for row in rows if "train/loss" in row]
+    assert steps == list(range(10, 201, 10)), steps  # each step once: the rows after the checkpoint were dropped
     assert json.loads((run / "metrics.json").read_text())["steps"] == 200
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,8 @@ from relreward_cli.diffusion.artifact import (
 )
 from relreward_cli.errors import UserError
 from relreward_cli.reward import trainer as reward_trainer
-from relreward_cli.stages.common import diffusion_spec
+from relreward_cli.stages.common import diffusion_spec, log_to
+from relreward_cli.tracking import RunTracker
 from relreward_cli.training import (
     CHECKPOINT_FORMAT,
     NonFiniteLossError,
@@ -71,9 +73,10 @@ class SimulatedKill(Exception):
     """Stands in for SIGKILL / a preempted job in the middle of a step."""
 
 
-def _train(run_dir: Path, segments: SegmentPair, seed: int = 0):
+def _train(run_dir: Path, segments: SegmentPair, seed: int = 0, tracker: RunTracker | None = None):
+    logging = {"on_log": log_to(tracker, "train"), "on_resume": tracker.rewind} if tracker else {}
     return train_diffusion(SPEC, segments, "expert", run_dir, generator=seed_everything(seed),
-                           info={"test": True}, **TRAIN_KW)
+                           info={"test": True}, **TRAIN_KW, **logging)
 
 
 def _tensors(state) -> dict[str, torch.Tensor]:
@@ -120,18 +123,23 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
 
         return real_train_loop(loss_fn=dying_loss_fn, **kwargs)
 
-    run_dir = tmp_path / "killed"
+    run_dir, log_dir = tmp_path / "killed", tmp_path / "killed-log"
     with monkeypatch.context() as m:
         m.setattr(artifact, "train_loop", killed_train_loop)
-        with pytest.raises(SimulatedKill):
-            _train(run_dir, segments)
+        with pytest.raises(SimulatedKill), RunTracker(log_dir, {}, "train", mode="disabled") as tracker:
+            _train(run_dir, segments, tracker=tracker)
     assert not (run_dir / MODEL_FILE).exists()
     assert load_checkpoint(run_dir / CHECKPOINT_FILE, kind="diffusion")["step"] == 4
     assert [p.name for p in run_dir.iterdir()] == [CHECKPOINT_FILE]  # no temporary file left behind
+    logged = [json.loads(line)["step"] for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [3, 6]  # step 6 was logged after the last checkpoint (4)
 
     # Different global RNG state before the resume: the checkpoint must restore all of it.
     torch.manual_seed(1234)
-    model, resumed = _train(run_dir, segments)
+    with RunTracker(log_dir, {}, "train", mode="disabled") as tracker:
+        model, resumed = _train(run_dir, segments, tracker=tracker)
+    logged = [json.loads(line)["step"] for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [3, 6, 9, 12]  # the first attempt's step 6 dropped on resume, logged once again
     assert resumed.resumed_from == 4
     assert resumed.step == 12
     assert resumed.final_loss == full.final_loss

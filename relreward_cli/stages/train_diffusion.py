@@ -31,7 +31,8 @@ def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None) -> 
             ema_decay=tc.ema_decay, ema_start=tc.ema_start, grad_clip=tc.grad_clip, save_every=tc.save_every,
             log_every=tc.log_every, generator=generator, device=device,
             info={"env": cfg.env.name, "kind": kind, "sources": segments.sources, "seed": cfg.seed},
-            start_conditioned=tc.start_conditioned, action_weight=tc.action_weight, on_log=log_to(tracker, "train"))
+            start_conditioned=tc.start_conditioned, action_weight=tc.action_weight, on_log=log_to(tracker, "train"),
+            on_resume=tracker.rewind)
         metrics = {"kind": kind, "steps": result.step, "final_loss": result.final_loss,
                    "steps_per_s": result.steps_per_s, "peak_memory_mb": result.peak_memory_mb,
                    "segments": len(segments[kind]), "device": str(device)}
