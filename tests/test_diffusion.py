@@ -113,11 +113,20 @@ def test_schedule_round_trips_and_monotone(kind):
     assert (variance == 0).all()
 
 
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+@pytest.mark.parametrize("n_steps", [5, 20, 100, 1000])
+def test_every_schedule_ends_at_noise_whatever_its_step_count(kind, n_steps):
+    """Sampling starts from N(0, I), so the last step must be (nearly) pure noise at any step count."""
+    assert NoiseSchedule(n_steps, kind).alpha_bars[-1].item() < 1e-3
+
+
 def test_schedule_endpoints_and_config():
     cosine = NoiseSchedule(100, "cosine")
     assert cosine.alpha_bars[0] > 0.999 and cosine.alpha_bars[-1] < 1e-5 and cosine.betas.max() <= 0.999
     linear = NoiseSchedule(100, "linear", beta_start=1e-4, beta_end=0.02)
-    assert linear.betas[0].item() == pytest.approx(1e-4) and linear.betas[-1].item() == pytest.approx(0.02)
+    # DDPM's range is for 1000 steps; 100 steps take ten times larger betas
+    assert linear.betas[0].item() == pytest.approx(1e-3) and linear.betas[-1].item() == pytest.approx(0.2)
+    assert NoiseSchedule(1000, "linear").betas[-1].item() == pytest.approx(0.02)
     assert NoiseSchedule.from_dict(linear.to_dict()).matches(linear)
     assert not linear.matches(cosine) and not cosine.matches(NoiseSchedule(50))
     assert cosine.sampling_timesteps(4).tolist() == [99, 66, 33, 0]

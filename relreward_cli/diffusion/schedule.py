@@ -9,6 +9,7 @@ from torch import nn
 from relreward_cli.errors import UserError
 
 SCHEDULE_KINDS = ("cosine", "linear")
+LINEAR_REFERENCE_STEPS = 1000  # the linear schedule's beta range is DDPM's, for this many steps
 
 
 def cosine_betas(n_steps: int, offset: float = 0.008) -> torch.Tensor:
@@ -35,8 +36,10 @@ class NoiseSchedule(nn.Module):
     `sigmas` (`sqrt(1 - alpha_bar)`), `posterior_variance` and the two posterior mean coefficients.
     Methods take `t` as a long tensor `(B,)` in `[0, n_steps - 1]` and tensors `(B, ...)`.
 
-    `kind="cosine"` follows Nichol & Dhariwal; `kind="linear"` spaces betas linearly from `beta_start` to
-    `beta_end` (used as given, not rescaled by `n_steps`).
+    `kind="cosine"` follows Nichol & Dhariwal; `kind="linear"` is DDPM's: `beta_start` and `beta_end` are the
+    range for 1000 steps, scaled by `1000 / n_steps` (as Nichol & Dhariwal do, capped at 0.999), so that any
+    number of steps ends at (nearly) pure noise, where sampling starts: 20 steps unscaled would end at
+    `alpha_bar_T = 0.82`.
     """
 
     def __init__(self, n_steps: int, kind: str = "cosine", beta_start: float = 1e-4, beta_end: float = 2e-2):
@@ -52,7 +55,8 @@ class NoiseSchedule(nn.Module):
         if kind == "cosine":
             betas = cosine_betas(n_steps)
         else:
-            betas = torch.linspace(beta_start, beta_end, n_steps, dtype=torch.float64)
+            scale = LINEAR_REFERENCE_STEPS / n_steps
+            betas = torch.linspace(beta_start * scale, beta_end * scale, n_steps, dtype=torch.float64).clamp(max=0.999)
         alpha_bars = torch.cumprod(1 - betas, dim=0)
         alpha_bars_prev = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])
         buffers = {
