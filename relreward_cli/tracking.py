@@ -31,6 +31,22 @@ def _wandb_credentials_present() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+def wandb_server_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the W&B server (``WANDB_BASE_URL``, default ``https://api.wandb.ai``) opens
+    within ``timeout_s``. Checked before an online run starts: without network W&B itself waits ~90 s, then
+    gives up on the run."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def resolve_wandb_mode(mode: str) -> str:
     """Map ``logger.mode`` to a W&B mode: ``auto`` is online with credentials, offline without."""
     if mode not in WANDB_MODES:
@@ -110,6 +126,10 @@ class RunTracker:
             resume="allow", reinit="finish_previous",
         )
         os.environ.setdefault("WANDB_SILENT", "true")
+        if self.mode == "online" and not wandb_server_reachable():
+            log.warning("The W&B server (%s) cannot be reached; logging offline instead (upload later: wandb sync "
+                        "%s).", os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai", self.run_dir / "wandb")
+            self.mode = "offline"
         try:
             return wandb.init(mode=self.mode, **kwargs)
         except Exception as err:  # no network, bad key, blocked host: keep running offline

@@ -150,3 +150,23 @@ def test_wandb_failing_mid_run_warns_once_and_the_run_folder_goes_on(tmp_path, c
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3]
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"loss": 1 / 3}
+
+
+def test_online_mode_without_network_falls_back_to_offline_within_seconds(tmp_path, monkeypatch):
+    """A W&B key but no server answering (here: a closed local port): the run goes offline at once, instead of
+    W&B's own ~90 s wait that ends with nothing logged, and keeps its offline files for `wandb sync`."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port}")
+    started = time.monotonic()
+    with RunTracker(tmp_path, {"seed": 0}, job_type="train", mode="online") as tracker:
+        assert tracker.mode == "offline"
+        tracker.log({"loss": 1.0}, step=1)
+    assert time.monotonic() - started < 60
+    (offline_run,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert offline_run.name.endswith((tmp_path / "wandb_id.txt").read_text().strip())
+    assert list(offline_run.glob("*.wandb"))
