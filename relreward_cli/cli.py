@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from relreward_cli.config_schema import check_config
 from relreward_cli.errors import ERROR_FILE, UserError
 
 STAGES: dict[str, str] = {
@@ -119,9 +120,9 @@ def launcher_given(overrides: list[str]) -> bool:
 
 
 def report_user_errors(stage_main: Callable) -> Callable:
-    """Turn a :class:`UserError` raised inside a stage into one paragraph on stderr and exit code 2; the message
-    also goes to the run folder's ``error.txt`` (removed when the run starts again), which ``relreward report``
-    shows for runs that did not finish."""
+    """Check the config (:func:`check_config`), then run the stage. A :class:`UserError` raised by either becomes one
+    paragraph on stderr and exit code 2; the message also goes to the run folder's ``error.txt`` (removed when
+    the run starts again), which ``relreward report`` shows for runs that did not finish."""
 
     @functools.wraps(stage_main)
     def wrapper(cfg):
@@ -131,6 +132,7 @@ def report_user_errors(stage_main: Callable) -> Callable:
         with contextlib.suppress(OSError):
             error_file.unlink(missing_ok=True)
         try:
+            check_config(cfg)
             return stage_main(cfg)
         except UserError as err:
             print(f"\nrelreward: error: {err}", file=sys.stderr)

@@ -1,0 +1,234 @@
+"""The typed schema of the configs' shared sections, checked before a stage does any work.
+
+Hydra composes the YAML files and the command line into one config; nothing there knows that
+`train.n_steps` is a positive integer. :func:`check_config` merges each section below into its dataclass
+(OmegaConf structured configs refuse wrong types and unknown keys) and instantiates it, which runs the
+range checks in ``__post_init__``. Every problem found is reported at once, as one :class:`UserError` naming
+the override that fixes it. The environment section (`env`) belongs to each environment family and is
+checked where it is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from relreward_cli.errors import UserError
+
+
+class _Problems(list):
+    """Problems found in one section, as ``(key, value, what it must be)``."""
+
+    def need(self, ok: bool, key: str, value: Any, must: str) -> None:
+        if not ok:
+            self.append((key, value, must))
+
+
+def _positive(problems: _Problems, section: object, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        problems.need(value >= 1, name, value, "a positive integer")
+
+
+def _share(problems: _Problems, section: object, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        problems.need(0.0 <= value <= 1.0, name, value, "a share in [0, 1]")
+
+
+class _Checked:
+    """Runs the subclass's `check(problems)` on instantiation and raises the problems found."""
+
+    def __post_init__(self) -> None:
+        problems = _Problems()
+        self.check(problems)
+        if problems:
+            raise _SectionProblems(problems)
+
+    def check(self, problems: _Problems) -> None:  # pragma: no cover - every section overrides it
+        raise NotImplementedError
+
+
+class _SectionProblems(Exception):
+    def __init__(self, problems: _Problems) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
+@dataclass
+class ModelConfig(_Checked):
+    """`model` / `reward`: the temporal U-Net's (or reward net's) base width and per-level multipliers."""
+
+    dim: int = 16
+    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
+
+    def check(self, problems: _Problems) -> None:
+        _positive(problems, self, "dim")
+        problems.need(bool(self.dim_mults) and min(self.dim_mults) >= 1, "dim_mults", self.dim_mults,
+                      "a non-empty list of positive integers")
+
+
+@dataclass
+class DiffusionConfig(_Checked):
+    n_steps: int = 20
+    schedule: str = "cosine"
+    clip_denoised: bool = True
+    prediction: str = "eps"
+
+    def check(self, problems: _Problems) -> None:
+        _positive(problems, self, "n_steps")
+        problems.need(self.schedule in ("cosine", "linear"), "schedule", self.schedule, "cosine or linear")
+        problems.need(self.prediction in ("eps", "x0"), "prediction", self.prediction, "eps or x0")
+
+
+@dataclass
+class TrainConfig(_Checked):
+    """`train`: train-diffusion's optimisation (see configs/base.yaml for each key)."""
+
+    n_steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-4
+    ema_decay: float = 0.995
+    ema_start: int = 200
+    grad_clip: float | None = 1.0
+    start_conditioned: float = 0.5
+    action_weight: float = 1.0
+    save_every: int = 1000
+    log_every: int = 100
+    n_plot_samples: int = 16
+    sampler: str = "ddpm"
+
+    def check(self, problems: _Problems) -> None:
+        _positive(problems, self, "n_steps", "batch_size", "save_every", "log_every")
+        problems.need(self.lr > 0, "lr", self.lr, "a positive learning rate")
+        problems.need(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "in [0, 1)")
+        problems.need(self.ema_start >= 0, "ema_start", self.ema_start, "a step >= 0")
+        problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
+        _share(problems, self, "start_conditioned")
+        problems.need(self.action_weight > 0, "action_weight", self.action_weight, "positive")
+        problems.need(self.n_plot_samples >= 0, "n_plot_samples", self.n_plot_samples, "an integer >= 0")
+        problems.need(self.sampler in ("ddpm", "ddim"), "sampler", self.sampler, "ddpm or ddim")
+
+
+@dataclass
+class ExtractConfig(_Checked):
+    """`extract`: the reward network's training and evaluation."""
+
+    n_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    grad_clip: float | None = 1.0
+    save_every: int = 1000
+    log_every: int = 100
+    target: str = "score"
+    start_conditioned: float = 0.0
+    sample_fraction: float = 0.0
+    sample_pool: int = 512
+    eval_t: list[int] = field(default_factory=lambda: [0, 2, 5, 10, 15])
+    eval_noise_samples: int = 16
+    eval_segments: int = 1024
+    grid_resolution: float = 0.05
+
+    def check(self, problems: _Problems) -> None:
+        _positive(problems, self, "n_steps", "batch_size", "save_every", "log_every", "sample_pool")
+        problems.need(self.lr > 0, "lr", self.lr, "a positive learning rate")
+        problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
+        problems.need(self.target in ("score", "posterior_mean"), "target", self.target, "score or posterior_mean")
+        _share(problems, self, "start_conditioned", "sample_fraction")
+        problems.need(bool(self.eval_t) and min(self.eval_t) >= 0, "eval_t", self.eval_t,
+                      "a non-empty list of diffusion steps >= 0")
+        problems.need(self.eval_noise_samples >= 0, "eval_noise_samples", self.eval_noise_samples, "an integer >= 0")
+        problems.need(self.eval_segments >= 0, "eval_segments", self.eval_segments, "an integer >= 0")
+        problems.need(self.grid_resolution > 0, "grid_resolution", self.grid_resolution, "positive (world units)")
+
+
+@dataclass
+class SteerConfig(_Checked):
+    """`steer`: steer-eval's planners and rollouts."""
+
+    planners: list[str] = field(default_factory=lambda: ["base", "guided", "ranked", "guided_ranked", "expert"])
+    scale: float = 3.0
+    n_guide_steps: int = 2
+    t_stopgrad: int = 2
+    scale_grad_by_std: bool = True
+    grad_clip: float | None = None
+    n_plans: int = 8
+    rank_t: int | None = None
+    sampler: str = "ddpm"
+    n_sample_steps: int | None = None
+    eta: float = 0.0
+    replan_every: int = 8
+    n_episodes: int = 10
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    max_episode_steps: int | None = None
+    success_radius: float = 0.5
+    controller: dict[str, float] = field(default_factory=lambda: {"p_gain": 10.0, "d_gain": 4.0})
+    n_plot_paths: int = 10
+
+    def check(self, problems: _Problems) -> None:
+        from relreward_cli.stages.steer_eval import PLANNERS
+
+        problems.need(bool(self.planners) and set(self.planners) <= set(PLANNERS), "planners", self.planners,
+                      f"a non-empty list of {', '.join(PLANNERS)}")
+        problems.need(self.scale >= 0, "scale", self.scale, ">= 0")
+        problems.need(self.n_guide_steps >= 0, "n_guide_steps", self.n_guide_steps, "an integer >= 0")
+        problems.need(self.t_stopgrad >= 0, "t_stopgrad", self.t_stopgrad, "a diffusion step >= 0")
+        problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
+        _positive(problems, self, "n_plans", "replan_every", "n_episodes")
+        problems.need(self.rank_t is None or self.rank_t >= 0, "rank_t", self.rank_t, "a diffusion step >= 0 or null")
+        problems.need(self.sampler in ("ddpm", "ddim"), "sampler", self.sampler, "ddpm or ddim")
+        problems.need(self.n_sample_steps is None or self.n_sample_steps >= 1, "n_sample_steps", self.n_sample_steps,
+                      "a positive integer or null")
+        problems.need(bool(self.seeds), "seeds", self.seeds, "a non-empty list of seeds")
+        problems.need(self.max_episode_steps is None or self.max_episode_steps >= 1, "max_episode_steps",
+                      self.max_episode_steps, "a positive integer or null")
+        problems.need(self.success_radius > 0, "success_radius", self.success_radius, "positive (world units)")
+        problems.need(self.n_plot_paths >= 0, "n_plot_paths", self.n_plot_paths, "an integer >= 0")
+
+
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+              "int | None": "an integer or null", "float | None": "a number or null", "list[int]": "a list of integers",
+              "list[str]": "a list of names", "dict[str, float]": "a mapping of names to numbers"}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "reward": ModelConfig, "diffusion": DiffusionConfig,
+                             "train": TrainConfig, "extract": ExtractConfig, "steer": SteerConfig}
+
+
+def _section_problems(name: str, schema: type, node: Any) -> list[str]:
+    """What is wrong with `cfg.<name>` against `schema`, one line per problem."""
+    try:
+        values = OmegaConf.to_container(node, resolve=True)  # interpolations resolve against the whole config
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except _SectionProblems as found:
+        return [f"{name}.{key}={_shown(node.get(key, value))}: must be {must}" for key, value, must in found.problems]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+        expected = {f.name: str(f.type) for f in fields(schema)}.get(str(key).rsplit(".", 1)[-1])
+        what = f"must be {TYPE_WORDS.get(expected, expected)}" if expected else str(err).splitlines()[0]
+        value = OmegaConf.select(node, str(key), default="?") if isinstance(node, DictConfig) else "?"
+        return [f"{name}.{key}={_shown(value)}: {what}"]
+    return []
+
+
+def _shown(value: Any) -> str:
+    return str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse a config whose shared sections have a wrong type, an unknown key or a value out of range, naming
+    each (e.g. ``train.batch_size=0: must be a positive integer``), before any work."""
+    problems = []
+    for name, schema in SECTIONS.items():
+        if name in cfg:
+            problems += _section_problems(name, schema, cfg[name])
+    threads = cfg.get("threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        problems.append(f"threads={threads}: must be a positive integer or null (torch's default)")
+    horizon = cfg.get("horizon")
+    if horizon is not None and (not isinstance(horizon, int) or horizon < 2):
+        problems.append(f"horizon={horizon}: must be an integer >= 2 (env steps per segment)")
+    if problems:
+        raise UserError("The config has values that cannot work; nothing was run. Fix them on the command line "
+                        "(or in the YAML they come from):\n  " + "\n  ".join(problems))
