@@ -12,9 +12,11 @@ FINISHED = ("model.pt", "reward.pt", "metrics.json")
 
 
 def _digests(root: Path) -> dict[str, str]:
-    """Every file under `root` (wandb's own folders aside) and its SHA-256."""
+    """Every result file under `root` and its SHA-256: what a refused command must leave as it was (Hydra's own
+    `.hydra/` copy of the command line, the log and the refusal's `error.txt` aside)."""
     return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file() and "wandb" not in path.parts}
+            for path in sorted(root.rglob("*")) if path.is_file() and not {"wandb", ".hydra"} & set(path.parts)
+            and path.suffix != ".log" and path.name != "error.txt"}
 
 
 def _assert_refused(proc, *message: str) -> None:
@@ -37,3 +39,60 @@ def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path,
     _assert_refused(proc, message, "nothing was run")
     made = [path.name for path in run_root.rglob("*") if path.is_file() and ".hydra" not in path.parts]
     assert set(made) <= {"train_diffusion.log", "error.txt"}, made  # Hydra's own files, the log, the reason
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, smoke_data, cli):
+    """A finished smoke base model and an extraction from it (their run folders), made once."""
+    root = tmp_path_factory.mktemp("trained")
+    common = [*smoke_data.overrides(root / "runs"), "logger.mode=disabled"]
+    for kind in ("base", "expert"):
+        cli(["train-diffusion", f"kind={kind}", *common], root, check=True)
+    cli(["extract", *common], root, check=True)
+    runs = root / "runs"
+    return {"root": root, "common": common, "base": runs / "train-diffusion" / "smoke-maze2d_umaze-s0-base",
+            "expert": runs / "train-diffusion" / "smoke-maze2d_umaze-s0-expert",
+            "extract": runs / "extract" / "smoke-maze2d_umaze-s0"}
+
+
+@pytest.mark.parametrize(("overrides", "differs"), [
+    (["horizon=16"], "settings.horizon: 8 -> 16"),
+    (["model.dim=16"], "settings.model.dim: 8 -> 16"),
+    (["train.lr=0.01"], "settings.train.lr: 0.0002 -> 0.01"),
+])
+def test_rerun_with_other_settings_refuses_and_changes_nothing(cli, trained, overrides, differs):
+    before = _digests(trained["base"])
+    proc = cli(["train-diffusion", "kind=base", *trained["common"], *overrides], trained["root"])
+    _assert_refused(proc, "holds a run made from something else", differs, "overwrite=true")
+    assert _digests(trained["base"]) == before  # model, checkpoint, config.yaml, metrics: all as they were
+
+
+def test_overwrite_sets_the_stale_run_aside_and_starts_afresh(cli, smoke_data, tmp_path):
+    common = [*smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled"]
+    cli(["train-diffusion", "kind=base", *common], tmp_path, check=True)
+    run = tmp_path / "runs" / "train-diffusion" / "smoke-maze2d_umaze-s0-base"
+    old_model = (run / "model.pt").read_bytes()
+    cli(["train-diffusion", "kind=base", *common, "train.lr=0.01", "overwrite=true"], tmp_path, check=True)
+    (aside,) = run.glob("superseded-*")
+    assert (aside / "model.pt").read_bytes() == old_model and (aside / "provenance.json").is_file()
+    assert (run / "model.pt").read_bytes() != old_model
+    assert '"lr": 0.01' in (run / "provenance.json").read_text()
+
+
+def test_extract_refuses_to_reuse_a_reward_of_other_models(cli, trained, tmp_path):
+    """The base model changed (here: another run folder's model passed in) since the reward was extracted."""
+    other = tmp_path / "other-base"
+    cli(["train-diffusion", "kind=base", *trained["common"], "seed=1", f"hydra.run.dir={other}"], trained["root"],
+        check=True)
+    before = _digests(trained["extract"])
+    proc = cli(["extract", *trained["common"], f"base_model={other}"], trained["root"])
+    _assert_refused(proc, "holds a run made from something else", "inputs.base_model:", "overwrite=true")
+    assert _digests(trained["extract"]) == before
+
+
+def test_steer_eval_refuses_models_of_another_env_before_any_rollout(cli, trained, tmp_path):
+    proc = cli(["steer-eval", *trained["common"], "env=maze2d_medium", f"base_model={trained['base']}",
+                f"expert_model={trained['expert']}", f"reward_model={trained['extract']}",
+                f"hydra.run.dir={tmp_path / 'eval'}"], trained["root"])
+    _assert_refused(proc, "env=maze2d_medium, but the base model", "on maze2d_umaze", "Nothing was rolled out")
+    assert not (tmp_path / "eval" / "metrics.json").exists()

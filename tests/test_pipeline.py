@@ -137,13 +137,29 @@ def test_changed_model_reruns_the_stages_built_on_it(pipeline_run, smoke_data, c
     save_checkpoint(expert_file, {key: value for key, value in payload.items() if key != "format"})
     base_mtime = (run_dir / "diffusion_base" / "model.pt").stat().st_mtime_ns
     reward_mtime = (run_dir / "extract" / "reward.pt").stat().st_mtime_ns
-    inputs = json.loads((run_dir / "extract" / "inputs.json").read_text())
+    inputs = json.loads((run_dir / "extract" / "provenance.json").read_text())["inputs"]
 
     cli(["pipeline", *smoke_data.overrides(run_root), "logger.mode=disabled"], run_root.parent, check=True)
     assert (run_dir / "diffusion_base" / "model.pt").stat().st_mtime_ns == base_mtime
     assert (run_dir / "extract" / "reward.pt").stat().st_mtime_ns != reward_mtime
-    new_inputs = json.loads((run_dir / "extract" / "inputs.json").read_text())
-    assert new_inputs["base"] == inputs["base"] and new_inputs["expert"] != inputs["expert"]
+    new_inputs = json.loads((run_dir / "extract" / "provenance.json").read_text())["inputs"]
+    assert new_inputs["base_model"] == inputs["base_model"] and new_inputs["expert_model"] != inputs["expert_model"]
+    assert list((run_dir / "extract").glob("superseded-*/reward.pt"))  # the stale reward was set aside, not lost
+
+
+def test_regenerated_data_reruns_every_stage_made_from_it(smoke_data, tmp_path, cli):
+    """New datasets for another goal (`make-dataset overwrite=true`): the pipeline for that goal trains both models
+    and extracts again (they were made from the old data), instead of reporting the old goal's results."""
+    run_root = tmp_path / "runs"
+    common = ["experiment=smoke", f"run_root={run_root}", f"data_dir={tmp_path / 'data'}", "device=cpu",
+              "logger.mode=disabled"]
+    cli(["pipeline", *common], tmp_path, check=True)
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    cli(["make-dataset", *common, "env.goal_cell=[3,1]", "overwrite=true"], tmp_path, check=True)
+    proc = cli(["pipeline", *common, "env.goal_cell=[3,1]"], tmp_path, check=True)
+    for stage in ("diffusion_base", "diffusion_expert", "extract"):
+        assert len(list((run_dir / stage).glob("superseded-*"))) == 1, stage
+    assert "made from something else" in proc.stdout + proc.stderr
 
 
 def test_extraction_can_draw_from_model_samples(pipeline_run, smoke_data, tmp_path):

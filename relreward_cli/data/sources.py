@@ -173,6 +173,14 @@ def load_episodes(source: str, root: Path | None = None, download: bool = False)
     return episodes
 
 
+def dataset_path(source: str, root: Path | None = None) -> Path:
+    """Where a source's data lie: a Minari dataset's data folder, or the D4RL file (for digests)."""
+    kind, name = split_source(source)
+    if kind == "hdf5":
+        return Path(name).expanduser()
+    return Path(open_minari(kind, name, root).storage.data_path)
+
+
 def dataset_info(source: str, root: Path | None = None) -> dict:
     """Metadata of a source: Minari's metadata (with relreward's generator settings under `relreward` for
     generated datasets), or sizes and file attributes of a D4RL file."""

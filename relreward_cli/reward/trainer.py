@@ -39,10 +39,15 @@ class TrainedReward:
     target: str = "score"  # what its gradient was fitted to (`reward.extraction.TARGETS`)
 
 
+def reward_file(path: Path) -> Path:
+    """The ``reward.pt`` of an ``extract`` run folder, or ``path`` itself when it names a file."""
+    path = Path(path)
+    return path / REWARD_FILE if path.is_dir() or not path.suffix else path
+
+
 def load_reward_model(path: Path, device: str | torch.device = "cpu") -> TrainedReward:
     """Load a finished reward network from an ``extract`` run folder or a ``reward.pt``."""
-    path = Path(path)
-    file = path / REWARD_FILE if path.is_dir() or not path.suffix else path
+    file = reward_file(path)
     if not file.is_file():
         raise UserError(f"No extracted reward at {file}. Run `relreward extract` (or `relreward pipeline`) "
                         "first, or pass the run folder of a finished extraction.")

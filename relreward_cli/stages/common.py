@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from relreward_cli.diffusion.artifact import DiffusionSpec
 from relreward_cli.envs.maze import MazeGeometry
@@ -49,6 +49,24 @@ def torch_device(cfg: DictConfig) -> torch.device:
     device = resolve_device(cfg.device)
     log.info("device %s, %d torch threads", device, threads)
     return device
+
+
+def config_subset(cfg: DictConfig, keys: dict[str, tuple[str, ...]]) -> dict:
+    """``{section: {key: value}}`` of the resolved config for the listed keys; an empty tuple takes the whole
+    section (or the top-level value)."""
+    subset = {}
+    for section, names in keys.items():
+        value = OmegaConf.to_container(cfg[section], resolve=True) if OmegaConf.is_config(cfg[section]) \
+            else cfg[section]
+        subset[section] = {name: value[name] for name in names} if names else value
+    return subset
+
+
+def dataset_inputs(cfg: DictConfig) -> dict[str, Path]:
+    """The base and expert datasets of ``cfg.env``, as inputs whose digests a run's provenance records."""
+    from relreward_cli.data.sources import dataset_path
+
+    return {f"{kind}_data": dataset_path(cfg.env[f"{kind}_data"], data_root(cfg)) for kind in ("base", "expert")}
 
 
 def data_root(cfg: DictConfig) -> Path:

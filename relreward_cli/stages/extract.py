@@ -6,23 +6,51 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from relreward_cli import provenance
 from relreward_cli.data.pairs import SegmentPair, load_segment_pair
-from relreward_cli.diffusion.artifact import check_compatible, load_diffusion_model
+from relreward_cli.diffusion.artifact import check_compatible, load_diffusion_model, model_file
 from relreward_cli.plots import plot_curve, plot_reward_maps, plot_segment_rewards
 from relreward_cli.reward.evaluate import maze_reward_map, pearson, segment_return_fit
 from relreward_cli.reward.trainer import train_reward
-from relreward_cli.stages.common import data_root, hydra_run_dir, log_to, maze_goal, torch_device
+from relreward_cli.stages.common import (
+    config_subset,
+    data_root,
+    dataset_inputs,
+    hydra_run_dir,
+    log_to,
+    maze_goal,
+    torch_device,
+)
 from relreward_cli.tracking import RunTracker, print_summary_table, tracker_from_config
 from relreward_cli.training import seed_everything
 
+# Extraction settings that do not shape the reward: saving, logging, how it is evaluated, and n_steps (see
+# train_diffusion.RESULT_NEUTRAL_TRAIN_KEYS).
+RESULT_NEUTRAL_EXTRACT_KEYS = ("n_steps", "save_every", "log_every", "eval_t", "eval_noise_samples", "eval_segments",
+                               "grid_resolution")
 
-def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, group: str | None = None) -> dict:
+
+def made_from(cfg: DictConfig, base_model: Path, expert_model: Path) -> dict:
+    """The provenance of the reward this config extracts: its settings and the digests of both models and
+    datasets."""
+    extract_keys = tuple(key for key in cfg.extract if key not in RESULT_NEUTRAL_EXTRACT_KEYS)
+    settings = config_subset(cfg, {"seed": (), "reward": (), "extract": extract_keys})
+    return provenance.record({"stage": "extract", "env": cfg.env.name, **settings},
+                             {"base_model": model_file(base_model), "expert_model": model_file(expert_model),
+                              **dataset_inputs(cfg)})
+
+
+def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, group: str | None = None,
+        start_afresh: bool = False) -> dict:
     """Extract the reward of ``expert_model`` relative to ``base_model`` into ``run_dir``, then correlate it with
     the env return of dataset segments and, on Maze2D, draw the reward maps against the ground truth. Returns
-    the summary metrics."""
+    the summary metrics. A ``run_dir`` holding an extraction of other models or settings is refused (or, with
+    ``start_afresh``, set aside; see :mod:`relreward_cli.provenance`)."""
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
+    provenance.claim(run_dir, made_from(cfg, base_model, expert_model), start_afresh=start_afresh,
+                     how_to_start_afresh="overwrite=true")
     generator = seed_everything(cfg.seed)
     sources = base.info["sources"]
     segments = load_segment_pair(sources["base"], sources["expert"], data_root(cfg), base.spec.horizon,
@@ -90,4 +118,4 @@ def _maze_reward_maps(cfg: DictConfig, reward, tracker: RunTracker) -> dict:
 
 
 def main(cfg: DictConfig) -> dict:
-    return run(cfg, hydra_run_dir(), Path(cfg.base_model), Path(cfg.expert_model))
+    return run(cfg, hydra_run_dir(), Path(cfg.base_model), Path(cfg.expert_model), start_afresh=cfg.overwrite)

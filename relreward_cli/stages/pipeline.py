@@ -3,9 +3,11 @@
 
 Each stage writes into a subfolder of the pipeline's run folder (``diffusion_base/``, ``diffusion_expert/``,
 ``extract/``, ``steer_eval/``) and logs to one W&B group. A stage whose finished artifact is there
-(``model.pt``, ``reward.pt`` with its ``metrics.json``) and that was made from the same upstream files
-(``inputs.json`` holds their digests) is skipped; an interrupted one resumes from its checkpoint. So running a
-killed pipeline again finishes it without redoing work, and a retrained model re-runs what depends on it.
+(``model.pt``, ``reward.pt`` with its ``metrics.json``) and whose ``provenance.json`` equals what this config
+would make it from (its settings and the digests of its datasets and upstream models, see
+:mod:`relreward_cli.provenance`) is skipped; an interrupted one resumes from its checkpoint; a stale one (other
+settings, regenerated data, a retrained upstream model) is set aside and run again. So running a killed pipeline
+again finishes it without redoing work, and a change reruns exactly the stages it makes stale.
 """
 
 from __future__ import annotations
@@ -17,36 +19,30 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from relreward_cli import provenance
 from relreward_cli.data.sources import split_source
 from relreward_cli.diffusion.artifact import MODEL_FILE
 from relreward_cli.reward.trainer import REWARD_FILE
 from relreward_cli.stages import extract, make_dataset, steer_eval, train_diffusion
 from relreward_cli.stages.common import hydra_run_dir
 from relreward_cli.tracking import print_summary_table, write_json_atomic
-from relreward_cli.training import file_digest
 
 
-def _finished(run_dir: Path, artifact: str, inputs: dict[str, Path] | None = None) -> dict | None:
-    """The stage's summary if its artifact and ``metrics.json`` exist and it was made from the same
-    ``inputs`` (files, compared by digest) as now; else None, and the stage runs (or resumes)."""
-    metrics, recorded = run_dir / "metrics.json", run_dir / "inputs.json"
-    if not ((run_dir / artifact).is_file() and metrics.is_file()):
-        return None
-    if inputs and (not recorded.is_file() or json.loads(recorded.read_text()) != _digests(inputs)):
+def _finished(run_dir: Path, artifact: str, made_from: dict) -> dict | None:
+    """The stage's summary if its artifact and ``metrics.json`` exist and it was made from ``made_from``
+    (its provenance); else None, and the stage runs (or resumes, or starts afresh when stale)."""
+    metrics = run_dir / "metrics.json"
+    if not ((run_dir / artifact).is_file() and metrics.is_file() and provenance.matches(run_dir, made_from)):
         return None
     return json.loads(metrics.read_text())
 
 
-def _digests(inputs: dict[str, Path]) -> dict[str, str]:
-    return {name: file_digest(path) for name, path in inputs.items()}
-
-
-def _run_stage(run_dir: Path, artifact: str, inputs: dict[str, Path], stage) -> dict:
-    """Skip a finished stage, else run ``stage()`` and record the digests of the files it was made from."""
-    metrics = _finished(run_dir, artifact, inputs)
+def _run_stage(run_dir: Path, artifact: str, made_from: dict, stage) -> dict:
+    """Skip a finished stage of the same provenance, else run ``stage()`` and record what it was made from."""
+    metrics = _finished(run_dir, artifact, made_from)
     if metrics is None:
         metrics = stage()
-        write_json_atomic(run_dir / "inputs.json", _digests(inputs))
+        write_json_atomic(run_dir / provenance.PROVENANCE_FILE, made_from)
     return metrics
 
 
@@ -67,21 +63,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     models = {kind: run_dir / f"diffusion_{kind}" for kind in ("base", "expert")}
     for kind, stage_dir in models.items():
         start = time.perf_counter()
-        metrics = _run_stage(stage_dir, MODEL_FILE, {}, partial(train_diffusion.run, cfg, stage_dir, kind, group))
+        metrics = _run_stage(stage_dir, MODEL_FILE, train_diffusion.made_from(cfg, kind),
+                             partial(train_diffusion.run, cfg, stage_dir, kind, group, start_afresh=True))
         seconds[f"train-diffusion[{kind}]"] = time.perf_counter() - start
         summary |= {f"{kind}/{key}": metrics[key] for key in metrics if key.startswith("plans/")}
         summary[f"{kind}/final_loss"] = metrics["final_loss"]
 
-    model_files = {kind: folder / MODEL_FILE for kind, folder in models.items()}
     stage_dir, start = run_dir / "extract", time.perf_counter()
-    metrics = _run_stage(stage_dir, REWARD_FILE, model_files, partial(
-        extract.run, cfg, stage_dir, models["base"], models["expert"], group))
+    metrics = _run_stage(stage_dir, REWARD_FILE, extract.made_from(cfg, models["base"], models["expert"]), partial(
+        extract.run, cfg, stage_dir, models["base"], models["expert"], group, start_afresh=True))
     seconds["extract"] = time.perf_counter() - start
     summary |= {key: value for key, value in metrics.items() if key.startswith("pearson/") or key == "heatmap"}
 
     if cfg.pipeline.steer:
         reward_dir, stage_dir, start = stage_dir, run_dir / "steer_eval", time.perf_counter()
-        metrics = _run_stage(stage_dir, "metrics.json", {**model_files, "reward": reward_dir / REWARD_FILE},
+        metrics = _run_stage(stage_dir, "metrics.json",
+                             steer_eval.made_from(cfg, models["base"], models["expert"], reward_dir),
                              partial(steer_eval.run, cfg, stage_dir, models["base"], models["expert"],
                                      reward_dir, group))
         seconds["steer-eval"] = time.perf_counter() - start

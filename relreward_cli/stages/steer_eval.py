@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from relreward_cli.diffusion.artifact import TrainedDiffusion, check_compatible, load_diffusion_model
+from relreward_cli import provenance
+from relreward_cli.diffusion.artifact import (
+    TrainedDiffusion,
+    check_compatible,
+    load_diffusion_model,
+    model_file,
+    space_mismatches,
+)
 from relreward_cli.envs.registry import environment, make_env
 from relreward_cli.errors import UserError
 from relreward_cli.planning.guidance import RewardGuide
@@ -33,8 +40,8 @@ from relreward_cli.planning.planner import GuidedPlanner
 from relreward_cli.planning.rollout import Rollouts, plan_follower, rollout
 from relreward_cli.planning.scores import mean_and_sem, score_normalizer
 from relreward_cli.plots import plot_episode_returns, plot_maze_paths
-from relreward_cli.reward.trainer import load_reward_model
-from relreward_cli.stages.common import data_root, hydra_run_dir, maze_goal, torch_device
+from relreward_cli.reward.trainer import load_reward_model, reward_file
+from relreward_cli.stages.common import config_subset, data_root, hydra_run_dir, maze_goal, torch_device
 from relreward_cli.tracking import RunTracker, tracker_from_config
 
 PLANNERS = ("base", "guided", "ranked", "guided_ranked", "expert")
@@ -108,6 +115,29 @@ def summarize(rollouts: list[Rollouts], score, base: list[Rollouts] | None = Non
     return metrics
 
 
+def check_models_fit_the_env(env: str, base: TrainedDiffusion, expert: TrainedDiffusion, reward=None) -> None:
+    """Before any rollout: the models were trained on `env` (their recorded env), and the reward was extracted in
+    the base model's space (shapes, schedule, normalizer)."""
+    models = {"base model": base, "expert model": expert, **({"reward": reward} if reward is not None else {})}
+    others = {name: model.info.get("env") for name, model in models.items() if model.info.get("env") not in (None, env)}
+    if others:
+        listed = ", ".join(f"the {name} {models[name].path} on {trained}" for name, trained in others.items())
+        raise UserError(f"env={env}, but {listed}. Evaluate them in their own env (env=<that env>), or pass models "
+                        f"trained on {env} (base_model=, expert_model=, reward_model=). Nothing was rolled out.")
+    if reward is not None and (problems := space_mismatches(base, reward, ("base model", "reward"))):
+        raise UserError(f"The reward {reward.path} was not extracted in the base model {base.path}'s space: "
+                        f"{'; '.join(problems)}. Pass the reward extracted from this base model (reward_model=...). "
+                        "Nothing was rolled out.")
+
+
+def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, reward_model: Path) -> dict:
+    """The provenance of an evaluation: the steering settings and seed, and the digests of the three models."""
+    return provenance.record({"stage": "steer-eval", "env": cfg.env.name,
+                              **config_subset(cfg, {"seed": (), "steer": ()})},
+                             {"base_model": model_file(base_model), "expert_model": model_file(expert_model),
+                              "reward_model": reward_file(reward_model)})
+
+
 def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, reward_model: Path,
         group: str | None = None) -> dict:
     """Roll out the planners of ``steer.planners`` into ``run_dir``; returns the summary (also in
@@ -122,6 +152,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     if set(REWARD_PLANNERS) & set(sc.planners):
         guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
                             sc.scale_grad_by_std, sc.rank_t, sc.grad_clip)
+    check_models_fit_the_env(cfg.env.name, base, expert, guide.reward if guide else None)
     planners = {name: planner for name, planner in planner_settings(base, expert, guide, sc.n_plans).items()
                 if name in sc.planners}
     score = score_normalizer(environment(cfg.env.name).d4rl_task, cfg.env.expert_data, data_root(cfg))

@@ -8,17 +8,44 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from relreward_cli import provenance
 from relreward_cli.data.pairs import load_segment_pair
 from relreward_cli.diffusion.artifact import train_diffusion
 from relreward_cli.planning.maze_plans import plan_quality, random_free_positions, sample_maze_plans
 from relreward_cli.plots import plot_curve, plot_maze_plans
-from relreward_cli.stages.common import data_root, diffusion_spec, hydra_run_dir, log_to, maze_goal, torch_device
+from relreward_cli.stages.common import (
+    config_subset,
+    data_root,
+    dataset_inputs,
+    diffusion_spec,
+    hydra_run_dir,
+    log_to,
+    maze_goal,
+    torch_device,
+)
 from relreward_cli.tracking import RunTracker, print_summary_table, tracker_from_config
 from relreward_cli.training import seed_everything
 
+# Training settings that do not shape the model: how often to save and log, what to plot, and n_steps (a
+# finished run given more steps continues from its checkpoint as if it had been asked for them at first).
+RESULT_NEUTRAL_TRAIN_KEYS = ("n_steps", "save_every", "log_every", "n_plot_samples", "sampler")
 
-def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None) -> dict:
-    """Train the ``kind`` model into ``run_dir`` (resuming a killed run), then plot and score its samples."""
+
+def made_from(cfg: DictConfig, kind: str) -> dict:
+    """The provenance of the ``kind`` model this config trains: its settings and the datasets' digests."""
+    train_keys = tuple(key for key in cfg.train if key not in RESULT_NEUTRAL_TRAIN_KEYS)
+    settings = config_subset(cfg, {"seed": (), "horizon": (), "use_actions": (), "normalizer": (), "model": (),
+                                   "diffusion": (), "train": train_keys})
+    return provenance.record({"stage": "train-diffusion", "kind": kind, "env": cfg.env.name,
+                              "base_data": cfg.env.base_data, "expert_data": cfg.env.expert_data, **settings},
+                             dataset_inputs(cfg))
+
+
+def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None, start_afresh: bool = False) -> dict:
+    """Train the ``kind`` model into ``run_dir`` (resuming a killed run of the same provenance, see
+    :mod:`relreward_cli.provenance`), then plot and score its samples."""
+    provenance.claim(run_dir, made_from(cfg, kind), start_afresh=start_afresh,
+                     how_to_start_afresh="overwrite=true")
     generator = seed_everything(cfg.seed)
     device = torch_device(cfg)
     segments = load_segment_pair(cfg.env.base_data, cfg.env.expert_data, data_root(cfg), cfg.horizon,
@@ -66,4 +93,4 @@ def _maze_samples(cfg: DictConfig, model, tracker: RunTracker, kind: str, n_plan
 
 
 def main(cfg: DictConfig) -> dict:
-    return run(cfg, hydra_run_dir(), cfg.kind)
+    return run(cfg, hydra_run_dir(), cfg.kind, start_afresh=cfg.overwrite)

@@ -1,0 +1,102 @@
+"""What a run folder was made from, so that nothing stale is resumed or reused.
+
+A training stage records in its folder, before its first step, `provenance.json`: the settings that shape its
+result (a config subset) and digests of the files it reads (datasets, upstream models). When the folder is
+used again (to resume a checkpoint, or by `pipeline` to skip a finished stage), the record must equal what the
+current command would make; otherwise the stage refuses, saying what differs and which override starts
+afresh, or, when asked to (`overwrite=true`, or inside `pipeline`, which reruns what is stale), moves the old
+files into `superseded-<time>/` in the folder and starts again. Settings that do not change the result (how
+often to log or save, `n_steps`, which a resumed run may extend) are left out of the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from relreward_cli.errors import UserError
+from relreward_cli.tracking import write_json_atomic
+
+PROVENANCE_FILE = "provenance.json"
+# What a stage leaves in its folder; moved aside together when the folder is reused for something else.
+STAGE_OUTPUTS = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json", "metrics.jsonl", "plots", "wandb",
+                 "wandb_id.txt", "inputs.json", PROVENANCE_FILE)
+log = logging.getLogger(__name__)
+
+
+def digest(path: Path) -> str:
+    """SHA-256 (16 hex digits) of a file, or of a folder's files (names and contents, in sorted order)."""
+    path = Path(path)
+    sha = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        sha.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def record(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> dict[str, Any]:
+    """The provenance of a stage: its result-shaping `settings` (JSON-ready) and the digest of each input."""
+    return {"settings": json.loads(json.dumps(dict(settings), default=str)),
+            "inputs": {name: digest(path) for name, path in inputs.items()}}
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return {key: item for name, sub in value.items() for key, item in _flat(sub, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`key: recorded -> current` for every entry that differs (`inputs.*` are digests of files)."""
+    old, new = _flat(recorded), _flat(current)
+    return [f"{key}: {old.get(key, '(none)')} -> {new.get(key, '(none)')}"
+            for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+
+
+def recorded(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / PROVENANCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def matches(run_dir: Path, current: Mapping[str, Any]) -> bool:
+    """Whether `run_dir` was made from `current` (its recorded provenance equals it)."""
+    return recorded(run_dir) == current
+
+
+def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_to_start_afresh: str) -> None:
+    """Make `run_dir` a folder of the run `current` describes, before any work.
+
+    A new folder, or one holding the same run, is claimed (the record written if missing). One holding a run made
+    from something else (or from before records were kept) is refused with the differences, unless
+    `start_afresh`: then its outputs move to `superseded-<time>/` inside it and the run starts there anew.
+    """
+    run_dir = Path(run_dir)
+    found = recorded(run_dir)
+    outputs = [run_dir / name for name in STAGE_OUTPUTS if (run_dir / name).exists()]
+    if found == current:
+        return
+    if found is not None or outputs:
+        changes = differences(found, current) if found is not None else [
+            "the folder's files were made before relreward recorded what a run is made from"]
+        if not start_afresh:
+            raise UserError(
+                f"{run_dir} holds a run made from something else than this command asks for:\n  "
+                + "\n  ".join(changes[:12]) + ("\n  ..." if len(changes) > 12 else "")
+                + f"\nResuming or reusing it would mix the two. Pass {how_to_start_afresh} to start afresh (its "
+                "files move to a superseded-<time>/ folder inside it), or give this run another folder.")
+        aside = run_dir / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in outputs:
+            path.rename(aside / path.name)
+        log.warning("%s was made from something else (%s); its files moved to %s, starting afresh.", run_dir,
+                    "; ".join(changes[:3]), aside)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / PROVENANCE_FILE, dict(current))
