@@ -23,6 +23,9 @@ from relreward_cli.errors import UserError
 from relreward_cli.tracking import write_json_atomic
 
 PROVENANCE_FILE = "provenance.json"
+# A folder holding any of these holds work of a run; one without them (a run stopped before its first result)
+# is simply claimed by the next.
+WORK = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json")
 # What a stage leaves in its folder; moved aside together when the folder is reused for something else.
 STAGE_OUTPUTS = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json", "metrics.jsonl", "plots", "wandb",
                  "wandb_id.txt", "inputs.json", PROVENANCE_FILE)
@@ -74,16 +77,17 @@ def matches(run_dir: Path, current: Mapping[str, Any]) -> bool:
 def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_to_start_afresh: str) -> None:
     """Make `run_dir` a folder of the run `current` describes, before any work.
 
-    A new folder, or one holding the same run, is claimed (the record written if missing). One holding a run made
-    from something else (or from before records were kept) is refused with the differences, unless
-    `start_afresh`: then its outputs move to `superseded-<time>/` inside it and the run starts there anew.
+    A new folder, one holding the same run, or one without results yet is claimed (the record written). One
+    holding results (`WORK`) of a run made from something else, or from before records were kept, is refused
+    with the differences, unless `start_afresh`: then its outputs move to `superseded-<time>/` inside it and the
+    run starts there anew.
     """
     run_dir = Path(run_dir)
     found = recorded(run_dir)
     outputs = [run_dir / name for name in STAGE_OUTPUTS if (run_dir / name).exists()]
     if found == current:
         return
-    if found is not None or outputs:
+    if any((run_dir / name).exists() for name in WORK):
         changes = differences(found, current) if found is not None else [
             "the folder's files were made before relreward recorded what a run is made from"]
         if not start_afresh:

@@ -96,3 +96,37 @@ def test_steer_eval_refuses_models_of_another_env_before_any_rollout(cli, traine
                 f"hydra.run.dir={tmp_path / 'eval'}"], trained["root"])
     _assert_refused(proc, "env=maze2d_medium, but the base model", "on maze2d_umaze", "Nothing was rolled out")
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_data_of_another_env_is_refused_before_training(cli, smoke_data, tmp_path):
+    maze = "generated:relreward/pointmaze-umaze"
+    proc = cli(["train-diffusion", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled", "env=halfcheetah",
+                f"env.base_data={maze}/base-v0", f"env.expert_data={maze}/expert-v0", "horizon=8"], tmp_path)
+    _assert_refused(proc, "observations of size 4 and actions of size 2, but env=halfcheetah has 17 and 6",
+                    "Nothing was trained")
+    assert not list((tmp_path / "runs").rglob("checkpoint.pt"))
+
+
+def test_random_bytes_as_a_d4rl_file_is_refused(cli, smoke_data, tmp_path):
+    junk = tmp_path / "hopper-medium-v2.hdf5"
+    junk.write_bytes(bytes(range(256)) * 40)
+    proc = cli(["train-diffusion", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled",
+                f"env.base_data=hdf5:{junk}"], tmp_path)
+    _assert_refused(proc, f"Dataset hdf5:{junk} cannot be read", "Download the file again")
+
+
+def test_a_truncated_dataset_is_refused_by_make_dataset_and_training(cli, smoke_data, tmp_path):
+    """Half of a generated dataset's file is gone: make-dataset no longer calls it `exists`, and nothing trains."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data.data_dir, data)
+    (file,) = data.glob("relreward/pointmaze-umaze/base-v0/data/main_data.hdf5")
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    common = ["experiment=smoke", f"data_dir={data}", f"run_root={tmp_path / 'runs'}", "logger.mode=disabled"]
+    for stage in ("make-dataset", "train-diffusion"):
+        proc = cli([stage, *common], tmp_path)
+        _assert_refused(proc, "relreward/pointmaze-umaze/base-v0 cannot be read", "overwrite=true")
+        assert "status" not in proc.stdout
+    proc = cli(["make-dataset", *common, "overwrite=true"], tmp_path, check=True)  # what the message says, works
+    cli(["train-diffusion", *common, "train.n_steps=4"], tmp_path, check=True)

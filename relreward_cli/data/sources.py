@@ -164,10 +164,20 @@ def d4rl_episodes(path: Path) -> list[Episode]:
 
 def load_episodes(source: str, root: Path | None = None, download: bool = False) -> list[Episode]:
     """Episodes of a dataset source (see the module docstring). `download=True` lets `minari:` sources fetch
-    missing datasets from Minari's remote."""
+    missing datasets from Minari's remote. A file that cannot be read (truncated, not HDF5, damaged) is refused
+    with what makes it again."""
     kind, name = split_source(source)
-    episodes = (d4rl_episodes(Path(name).expanduser()) if kind == "hdf5"
-                else minari_episodes(open_minari(kind, name, root, download), name))
+    try:
+        episodes = (d4rl_episodes(Path(name).expanduser()) if kind == "hdf5"
+                    else minari_episodes(open_minari(kind, name, root, download), name))
+    except (OSError, KeyError, ValueError) as err:  # h5py's errors for damaged files; UserError is a ValueError
+        if isinstance(err, UserError):
+            raise
+        again = {"hdf5": "Download the file again",
+                 "minari": f"Download it again (`minari download {name}`)",
+                 "generated": f"Make it again with `relreward make-dataset ... overwrite=true` (data_dir={root})"}
+        raise UserError(f"Dataset {source} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}): the "
+                        f"file is damaged, truncated or not a dataset. {again[kind]}.") from None
     if not episodes:
         raise UserError(f"Dataset {source} holds no episodes; regenerate or re-download it.")
     return episodes

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import gymnasium_robotics
 import mujoco
+import numpy as np
 
 from relreward_cli.errors import UserError
 
@@ -74,6 +75,28 @@ def environment(name: str) -> EnvironmentSpec:
         raise UserError(f"No simulator is registered for env '{name}'. Known environments: "
                         f"{', '.join(ENVIRONMENTS)}; add an entry to relreward_cli/envs/registry.py for a new one.")
     return ENVIRONMENTS[name]
+
+
+def env_dims(name: str) -> tuple[int, int]:
+    """`(observation size, action size)` of the environment `name` (a dict observation's `observation` entry)."""
+    env = make_env(name)
+    try:
+        space = env.observation_space
+        if isinstance(space, gym.spaces.Dict):
+            space = space["observation"]
+        return int(np.prod(space.shape)), int(np.prod(env.action_space.shape))
+    finally:
+        env.close()
+
+
+def check_data_fits_env(name: str, obs_dim: int, act_dim: int, sources: str) -> None:
+    """Refuse datasets whose observation or action size is not the environment's, before any training."""
+    expected = env_dims(name)
+    if (obs_dim, act_dim) != expected:
+        raise UserError(f"The datasets ({sources}) have observations of size {obs_dim} and actions of size {act_dim}, "
+                        f"but env={name} has {expected[0]} and {expected[1]}: they were recorded in another "
+                        "environment. Point env.base_data / env.expert_data at data of this env, or choose the env "
+                        "the data come from. Nothing was trained.")
 
 
 def make_env(name: str, max_episode_steps: int | None = None, **kwargs) -> gym.Env:

@@ -25,7 +25,7 @@ from relreward_cli.data.generate_maze import (
     read_dataset_metadata,
     write_minari_dataset,
 )
-from relreward_cli.data.sources import split_source
+from relreward_cli.data.sources import load_episodes, split_source
 from relreward_cli.envs.registry import make_maze_env
 from relreward_cli.errors import UserError
 from relreward_cli.stages.common import apply_threads, data_root, hydra_run_dir
@@ -63,13 +63,14 @@ def _one_writer_at_a_time(function):
 
 
 def _up_to_date(dataset_id: str, wanted: dict, root: Path, overwrite: bool) -> bool:
-    """True when `dataset_id` exists and its stored metadata holds `wanted`; False when it is absent or is to
-    be overwritten; refuses one made with other settings."""
+    """True when `dataset_id` exists, its stored metadata holds `wanted` and its episodes can be read; False
+    when it is absent or is to be overwritten; refuses one made with other settings, or damaged."""
     if overwrite or not (root / dataset_id).exists():
         return False
     found = read_dataset_metadata(dataset_id, root)
     differing = {key: found.get(key) for key in wanted if found.get(key) != wanted[key]}
     if not differing:
+        load_episodes(f"generated:{dataset_id}", root)  # a damaged file is refused here, naming overwrite=true
         return True
     raise UserError(f"Dataset {dataset_id} already exists in {root} with other generator settings ({differing}). "
                     "Pass overwrite=true to replace it, or data_dir=<another folder> to keep both.")

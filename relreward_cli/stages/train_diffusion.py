@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from relreward_cli import provenance
 from relreward_cli.data.pairs import load_segment_pair
 from relreward_cli.diffusion.artifact import train_diffusion
+from relreward_cli.envs.registry import check_data_fits_env
 from relreward_cli.planning.maze_plans import plan_quality, random_free_positions, sample_maze_plans
 from relreward_cli.plots import plot_curve, plot_maze_plans
 from relreward_cli.stages.common import (
@@ -50,6 +51,7 @@ def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None, sta
     device = torch_device(cfg)
     segments = load_segment_pair(cfg.env.base_data, cfg.env.expert_data, data_root(cfg), cfg.horizon,
                                  cfg.use_actions, cfg.normalizer)
+    check_data_fits_env(cfg.env.name, segments.obs_dim, segments.act_dim, f"{cfg.env.base_data}, {cfg.env.expert_data}")
     spec = diffusion_spec(cfg, segments.obs_dim, segments.act_dim)
     tc = cfg.train
     with tracker_from_config(cfg, run_dir, f"train-diffusion-{kind}", group) as tracker:
