@@ -7,12 +7,14 @@ The stages live in :mod:`relreward_cli.stages`; each exposes ``main(cfg) -> dict
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from relreward_cli.config_schema import check_config
 from relreward_cli.errors import ERROR_FILE, UserError
@@ -182,7 +184,45 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"relreward {stage}", *argv[1:]]
     task = hydra.main(config_path=str(CONFIG_DIR), config_name=_module_name(stage), version_base=None)(
         report_user_errors(module.main))
-    task()
+    return run_reporting_failures(task)
+
+
+def environment_error(err: OSError) -> str:
+    """One paragraph for a failure of the machine rather than of the code: disk full, no permission, a path that
+    is not a folder, a damaged file."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return (f"No space left on the device{where}. Free some space or point run_root= / data_dir= at another "
+                "disk, then run the same command again: a training resumes from its last checkpoint.")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"Cannot write{where}: {err.strerror}. Point run_root= (and data_dir=) at a folder you can write "
+                "to, or fix its permissions, then run the same command again.")
+    return (f"{err.strerror or err}{where}. Check the paths this command was given (run_root, data_dir, the "
+            "model and data paths) and that the folders are on a disk that is mounted and not full.")
+
+
+def run_reporting_failures(task: Callable[[], Any]) -> int:
+    """Run a Hydra task with one error boundary: the machine's failures (:class:`OSError`: disk, permissions,
+    paths) and Hydra's configuration errors become one paragraph and exit code 2; anything else is a bug and
+    keeps its traceback."""
+    from hydra.errors import HydraException
+
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing, so that this boundary decides
+    try:
+        task()
+    except HydraException as err:  # first: Hydra's missing-config error is also an OSError
+        cause = f"\n{err.__cause__}" if err.__cause__ is not None and str(err.__cause__) not in str(err) else ""
+        print(f"{err}{cause}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"relreward: error: {environment_error(err)}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
     return 0
 
 

@@ -130,3 +130,35 @@ def test_a_truncated_dataset_is_refused_by_make_dataset_and_training(cli, smoke_
         assert "status" not in proc.stdout
     proc = cli(["make-dataset", *common, "overwrite=true"], tmp_path, check=True)  # what the message says, works
     cli(["train-diffusion", *common, "train.n_steps=4"], tmp_path, check=True)
+
+
+def test_a_run_root_that_is_not_a_folder_is_one_paragraph(cli, smoke_data, tmp_path):
+    a_file = tmp_path / "runs"
+    a_file.write_text("not a folder")
+    proc = cli(["train-diffusion", *smoke_data.overrides(a_file), "logger.mode=disabled"], tmp_path)
+    _assert_refused(proc, "relreward: error: Not a directory", "Check the paths this command was given")
+
+
+def test_a_full_disk_is_one_paragraph_and_the_run_resumes_afterwards(smoke_data, tmp_path, monkeypatch, capsys):
+    """The disk fills up while the first checkpoint is written (torch.save raises ENOSPC): exit 2 with what to do,
+    no traceback, no checkpoint or model left; the same command afterwards trains the run to its end."""
+    import errno
+
+    from relreward_cli import cli as relreward_cli
+    from relreward_cli import training
+
+    args = ["train-diffusion", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled"]
+
+    def full_disk(obj, path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(training.torch, "save", full_disk)
+    assert relreward_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "relreward: error: No space left on the device" in err and "resumes from its last checkpoint" in err
+    assert "Traceback" not in err
+    (run,) = (tmp_path / "runs" / "train-diffusion").iterdir()
+    assert not list(run.glob("*.pt")) and not list(run.glob("*.tmp*"))
+    monkeypatch.undo()  # space again
+    assert relreward_cli.main(args) == 0
+    assert (run / "model.pt").is_file()
