@@ -162,3 +162,12 @@ def test_a_full_disk_is_one_paragraph_and_the_run_resumes_afterwards(smoke_data,
     monkeypatch.undo()  # space again
     assert relreward_cli.main(args) == 0
     assert (run / "model.pt").is_file()
+
+
+def test_a_goal_the_expert_data_were_not_made_for_is_refused_before_work(cli, trained, tmp_path):
+    """The smoke data's expert went to cell (1, 1): scoring the reward against another goal would be meaningless."""
+    proc = cli(["extract", *trained["common"], "env.goal_cell=[3,1]", f"hydra.run.dir={tmp_path / 'x'}"],
+               trained["root"])
+    _assert_refused(proc, "env.goal_cell=[3, 1], but the expert data", "were made for the goal [1, 1]",
+                    "env.goal_cell=[1, 1]")
+    assert not (tmp_path / "x" / "reward.pt").exists() and not (tmp_path / "x" / "checkpoint.pt").exists()

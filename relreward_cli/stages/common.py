@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from relreward_cli.data.generate_maze import read_dataset_metadata
+from relreward_cli.data.sources import split_source
 from relreward_cli.diffusion.artifact import DiffusionSpec
 from relreward_cli.envs.maze import MazeGeometry
 from relreward_cli.errors import UserError
@@ -89,11 +91,29 @@ def diffusion_spec(cfg: DictConfig, obs_dim: int, act_dim: int) -> DiffusionSpec
 
 
 def maze_goal(cfg: DictConfig) -> tuple[MazeGeometry, np.ndarray]:
-    """The maze of a Maze2D env config and the expert's goal (world x, y)."""
+    """The maze of a Maze2D env config and the expert's goal (world x, y). The goal must be the one the expert
+    data were generated for (their metadata's `goal_cell`), else every reward map and success rate would be
+    measured against a goal the expert never went to."""
     if cfg.env.family != "maze2d":
         raise UserError(f"env={cfg.env.name} is not a Maze2D environment; this step needs env=maze2d_*.")
     geometry = MazeGeometry.from_name(cfg.env.maze)
-    return geometry, geometry.cell_to_xy(np.asarray(geometry.check_free(tuple(cfg.env.goal_cell))))
+    goal = tuple(geometry.check_free(tuple(cfg.env.goal_cell)))
+    kind, dataset_id = split_source(cfg.env.expert_data)
+    if kind == "generated":
+        data_goal = read_dataset_metadata(dataset_id, data_root(cfg)).get("goal_cell")
+        if data_goal is not None and tuple(data_goal) != goal:
+            raise UserError(f"env.goal_cell={list(goal)}, but the expert data {cfg.env.expert_data} were made for "
+                            f"the goal {list(data_goal)}. Pass env.goal_cell={list(data_goal)}, or make data for "
+                            f"this goal (`relreward make-dataset env={cfg.env.name} env.goal_cell={list(goal)} "
+                            "overwrite=true`, or another data_dir) and train on them.")
+    return geometry, geometry.cell_to_xy(np.asarray(goal))
+
+
+def check_goal_matches_data(cfg: DictConfig) -> None:
+    """Before any work: a Maze2D config's goal is the one its expert data were made for (see :func:`maze_goal`);
+    nothing to check for environments without a goal."""
+    if cfg.env.family == "maze2d":
+        maze_goal(cfg)
 
 
 def log_to(tracker: RunTracker, prefix: str):

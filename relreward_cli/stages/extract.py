@@ -13,6 +13,7 @@ from relreward_cli.plots import plot_curve, plot_reward_maps, plot_segment_rewar
 from relreward_cli.reward.evaluate import maze_reward_map, pearson, segment_return_fit
 from relreward_cli.reward.trainer import train_reward
 from relreward_cli.stages.common import (
+    check_goal_matches_data,
     config_subset,
     data_root,
     dataset_inputs,
@@ -49,6 +50,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
+    check_goal_matches_data(cfg)
     provenance.claim(run_dir, made_from(cfg, base_model, expert_model), start_afresh=start_afresh,
                      how_to_start_afresh="overwrite=true")
     generator = seed_everything(cfg.seed)

@@ -41,7 +41,14 @@ from relreward_cli.planning.rollout import Rollouts, plan_follower, rollout
 from relreward_cli.planning.scores import mean_and_sem, score_normalizer
 from relreward_cli.plots import plot_episode_returns, plot_maze_paths
 from relreward_cli.reward.trainer import load_reward_model, reward_file
-from relreward_cli.stages.common import config_subset, data_root, hydra_run_dir, maze_goal, torch_device
+from relreward_cli.stages.common import (
+    check_goal_matches_data,
+    config_subset,
+    data_root,
+    hydra_run_dir,
+    maze_goal,
+    torch_device,
+)
 from relreward_cli.tracking import RunTracker, tracker_from_config
 
 PLANNERS = ("base", "guided", "ranked", "guided_ranked", "expert")
@@ -153,6 +160,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
         guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
                             sc.scale_grad_by_std, sc.rank_t, sc.grad_clip)
     check_models_fit_the_env(cfg.env.name, base, expert, guide.reward if guide else None)
+    check_goal_matches_data(cfg)
     planners = {name: planner for name, planner in planner_settings(base, expert, guide, sc.n_plans).items()
                 if name in sc.planners}
     score = score_normalizer(environment(cfg.env.name).d4rl_task, cfg.env.expert_data, data_root(cfg))

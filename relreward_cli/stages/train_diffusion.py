@@ -15,6 +15,7 @@ from relreward_cli.envs.registry import check_data_fits_env
 from relreward_cli.planning.maze_plans import plan_quality, random_free_positions, sample_maze_plans
 from relreward_cli.plots import plot_curve, plot_maze_plans
 from relreward_cli.stages.common import (
+    check_goal_matches_data,
     config_subset,
     data_root,
     dataset_inputs,
@@ -45,6 +46,7 @@ def made_from(cfg: DictConfig, kind: str) -> dict:
 def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None, start_afresh: bool = False) -> dict:
     """Train the ``kind`` model into ``run_dir`` (resuming a killed run of the same provenance, see
     :mod:`relreward_cli.provenance`), then plot and score its samples."""
+    check_goal_matches_data(cfg)
     provenance.claim(run_dir, made_from(cfg, kind), start_afresh=start_afresh,
                      how_to_start_afresh="overwrite=true")
     generator = seed_everything(cfg.seed)
