@@ -216,6 +216,31 @@ def _shown(value: Any) -> str:
     return str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
+def _combination_problems(cfg: DictConfig) -> list[str]:
+    """Values that are each fine but cannot work together. Checked for `pipeline`, whose config trains the models;
+    the other stages read sizes from the models they load and check them there."""
+    if cfg.get("stage") != "pipeline":
+        return []
+    problems = []
+    n_steps, horizon, steer = cfg.diffusion.n_steps, cfg.horizon, cfg.steer
+    if cfg.pipeline.steer:
+        if steer.replan_every >= horizon:
+            problems.append(f"steer.replan_every={steer.replan_every} with horizon={horizon}: a plan of {horizon} "
+                            f"steps cannot be followed for {steer.replan_every}; replan sooner")
+        if steer.t_stopgrad >= n_steps and steer.scale > 0:
+            problems.append(f"steer.t_stopgrad={steer.t_stopgrad} with diffusion.n_steps={n_steps}: guidance "
+                            "would never act (it stops below t_stopgrad); lower it or set steer.scale=0")
+        if steer.rank_t is not None and steer.rank_t >= n_steps:
+            problems.append(f"steer.rank_t={steer.rank_t}: must be below diffusion.n_steps={n_steps}")
+    if max(cfg.extract.eval_t) >= n_steps:
+        problems.append(f"extract.eval_t={list(cfg.extract.eval_t)}: every time must be below diffusion.n_steps="
+                        f"{n_steps}")
+    if cfg.normalizer == "gaussian" and cfg.diffusion.clip_denoised:
+        problems.append("normalizer=gaussian with diffusion.clip_denoised=true: clipping to [-1, 1] would cut every "
+                        "segment at one standard deviation; pass diffusion.clip_denoised=false")
+    return problems
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config whose shared sections have a wrong type, an unknown key or a value out of range, naming
     each (e.g. ``train.batch_size=0: must be a positive integer``), before any work."""
@@ -229,6 +254,8 @@ def check_config(cfg: DictConfig) -> None:
     horizon = cfg.get("horizon")
     if horizon is not None and (not isinstance(horizon, int) or horizon < 2):
         problems.append(f"horizon={horizon}: must be an integer >= 2 (env steps per segment)")
+    if not problems:
+        problems += _combination_problems(cfg)
     if problems:
         raise UserError("The config has values that cannot work; nothing was run. Fix them on the command line "
                         "(or in the YAML they come from):\n  " + "\n  ".join(problems))

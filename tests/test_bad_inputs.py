@@ -139,9 +139,15 @@ def test_a_run_root_that_is_not_a_folder_is_one_paragraph(cli, smoke_data, tmp_p
     _assert_refused(proc, "relreward: error: Not a directory", "Check the paths this command was given")
 
 
-def test_a_full_disk_is_one_paragraph_and_the_run_resumes_afterwards(smoke_data, tmp_path, monkeypatch, capsys):
-    """The disk fills up while the first checkpoint is written (torch.save raises ENOSPC): exit 2 with what to do,
-    no traceback, no checkpoint or model left; the same command afterwards trains the run to its end."""
+@pytest.mark.parametrize(("code", "said"), [
+    ("ENOSPC", ["relreward: error: No space left on the device", "resumes from its last checkpoint"]),
+    ("EROFS", ["relreward: error: Cannot write", "Point run_root= (and data_dir=) at a folder you can write"]),
+])
+def test_a_full_or_read_only_disk_is_one_paragraph_and_the_run_resumes_afterwards(smoke_data, tmp_path, monkeypatch,
+                                                                                   capsys, code, said):
+    """The disk fills up (or turns read-only) while the first checkpoint is written: exit 2 with what to do, no
+    traceback, no checkpoint or model left; the same command afterwards trains the run to its end. (As root a
+    folder cannot be made unwritable, so torch.save raises the error the system would.)"""
     import errno
 
     from relreward_cli import cli as relreward_cli
@@ -149,13 +155,13 @@ def test_a_full_disk_is_one_paragraph_and_the_run_resumes_afterwards(smoke_data,
 
     args = ["train-diffusion", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled"]
 
-    def full_disk(obj, path, *a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def failing_disk(obj, path, *a, **k):
+        raise OSError(getattr(errno, code), "simulated", str(path))
 
-    monkeypatch.setattr(training.torch, "save", full_disk)
+    monkeypatch.setattr(training.torch, "save", failing_disk)
     assert relreward_cli.main(args) == 2
     err = capsys.readouterr().err
-    assert "relreward: error: No space left on the device" in err and "resumes from its last checkpoint" in err
+    assert all(part in err for part in said), err
     assert "Traceback" not in err
     (run,) = (tmp_path / "runs" / "train-diffusion").iterdir()
     assert not list(run.glob("*.pt")) and not list(run.glob("*.tmp*"))
@@ -171,3 +177,11 @@ def test_a_goal_the_expert_data_were_not_made_for_is_refused_before_work(cli, tr
     _assert_refused(proc, "env.goal_cell=[3, 1], but the expert data", "were made for the goal [1, 1]",
                     "env.goal_cell=[1, 1]")
     assert not (tmp_path / "x" / "reward.pt").exists() and not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+def test_pipeline_settings_that_cannot_work_together_are_refused_before_any_work(cli, smoke_data, tmp_path):
+    proc = cli(["pipeline", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled", "pipeline.steer=true",
+                "steer.replan_every=8", "diffusion.n_steps=2", "steer.t_stopgrad=2"], tmp_path)
+    _assert_refused(proc, "steer.replan_every=8 with horizon=8", "steer.t_stopgrad=2 with diffusion.n_steps=2",
+                    "extract.eval_t=[0, 2]: every time must be below diffusion.n_steps=2", "nothing was run")
+    assert not list((tmp_path / "runs").rglob("*.pt"))

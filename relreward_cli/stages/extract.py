@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from relreward_cli import provenance
 from relreward_cli.data.pairs import SegmentPair, load_segment_pair
 from relreward_cli.diffusion.artifact import check_compatible, load_diffusion_model, model_file
+from relreward_cli.errors import UserError
 from relreward_cli.plots import plot_curve, plot_reward_maps, plot_segment_rewards
 from relreward_cli.reward.evaluate import maze_reward_map, pearson, segment_return_fit
 from relreward_cli.reward.trainer import train_reward
@@ -50,6 +51,9 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
+    if max(cfg.extract.eval_t) >= base.spec.n_steps:
+        raise UserError(f"extract.eval_t={list(cfg.extract.eval_t)}: the models have {base.spec.n_steps} diffusion "
+                        f"steps, so every time must be below {base.spec.n_steps}. Nothing was run.")
     check_goal_matches_data(cfg)
     provenance.claim(run_dir, made_from(cfg, base_model, expert_model), start_afresh=start_afresh,
                      how_to_start_afresh="overwrite=true")
