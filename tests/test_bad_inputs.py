@@ -185,3 +185,18 @@ def test_pipeline_settings_that_cannot_work_together_are_refused_before_any_work
     _assert_refused(proc, "steer.replan_every=8 with horizon=8", "steer.t_stopgrad=2 with diffusion.n_steps=2",
                     "extract.eval_t=[0, 2]: every time must be below diffusion.n_steps=2", "nothing was run")
     assert not list((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_steer_eval_refuses_a_reward_of_another_normalized_space_before_any_rollout(cli, trained, tmp_path):
+    """A reward extracted in another normalized space (here: its normalizer's scale doubled) would guide the plans
+    with gradients of the wrong units; refused before the base planner runs."""
+    from relreward_cli.training import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(trained["extract"] / "reward.pt", kind="reward-model")
+    payload["normalizer"]["scale"] = [2 * value for value in payload["normalizer"]["scale"]]
+    other = tmp_path / "reward.pt"
+    save_checkpoint(other, {key: value for key, value in payload.items() if key != "format"})
+    proc = cli(["steer-eval", *trained["common"], f"base_model={trained['base']}", f"expert_model={trained['expert']}",
+                f"reward_model={other}", f"hydra.run.dir={tmp_path / 'eval'}"], trained["root"])
+    _assert_refused(proc, "was not extracted in the base model", "normalizers differ", "Nothing was rolled out")
+    assert "base seed" not in proc.stderr + proc.stdout  # no planner ran
