@@ -11,7 +11,10 @@ Data are synthetic random-walk segments of Maze2D's shape (no dataset needed). T
 real loop (:func:`relreward_cli.diffusion.artifact.train_diffusion`): two warm-up steps, then the same run
 resumed and timed step by step for ``--max-steps`` steps (fewer on a slow or busy CPU, to stay within
 ``--budget-s``); steps/s is over the timed steps, and the median step time shows what a quiet machine gets.
-Peak memory is the process's peak RSS on CPU and ``torch.cuda.max_memory_allocated`` on CUDA. Sampling
+"vs plain loop" divides that by the steps/s of the simplest loop on the same denoiser and batch (random
+inputs, MSE, backward, default Adam: :func:`plain_loop_steps_per_s`), timed the same way right after, so the
+loop's overhead shows as a ratio that does not depend on the machine. Peak memory is the process's peak RSS
+on CPU and ``torch.cuda.max_memory_allocated`` on CUDA. Sampling
 latency (random weights: the cost does not depend on them) is the median of a few batches of 64 plans.
 """
 
@@ -131,14 +134,39 @@ def bench_training(run, budget_s: float, max_steps: int, device: torch.device, w
             "steps": len(steps), "peak_mb": peak}
 
 
-def training_row(device: torch.device, result: dict) -> tuple:
-    """The table cells of a :func:`bench_training` result: device, steps/s, median step, steps, peak memory."""
+def training_row(device: torch.device, result: dict, plain_steps_per_s: float | None = None) -> tuple:
+    """The table cells of a :func:`bench_training` result: device, steps/s, ratio to the plain loop (when
+    timed), median step, steps, peak memory."""
     memory = "peak RSS" if device.type == "cpu" else "max allocated"
-    return (describe(device), result["steps_per_s"], f"{result['median_step_ms']:.0f} ms", result["steps"],
+    ratio = f"{result['steps_per_s'] / plain_steps_per_s:.2f}x" if plain_steps_per_s else "-"
+    return (describe(device), result["steps_per_s"], ratio, f"{result['median_step_ms']:.0f} ms", result["steps"],
             f"{result['peak_mb']:.0f} MB ({memory})")
 
 
-TRAINING_COLUMNS = ("median step", "timed steps", "peak memory")
+TRAINING_COLUMNS = ("vs plain loop", "median step", "timed steps", "peak memory")
+
+
+def plain_loop_steps_per_s(denoiser: torch.nn.Module, shape: tuple[int, int, int], n_steps: int, lr: float,
+                           device: torch.device, budget_s: float, max_steps: int, warmup: int = 2) -> float:
+    """Steps/s of the simplest training loop on the same denoiser and batch: random `x_t`, MSE to random noise,
+    backward, default Adam; no EMA, conditioning, clipping, logging or checkpoints. The ratio of the real
+    loop's steps/s to this is the benchmark's machine-independent figure."""
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=lr)
+    generator = torch.Generator(device).manual_seed(0)
+    stamps: list[float] = []
+    for step in range(warmup + max_steps + 1):
+        x_t = torch.randn(shape, generator=generator, device=device)
+        t = torch.randint(0, n_steps, (shape[0],), generator=generator, device=device)
+        loss = torch.nn.functional.mse_loss(denoiser(x_t, t), torch.randn(shape, generator=generator, device=device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        synchronize(device)
+        if step >= warmup:
+            stamps.append(time.perf_counter())
+            if stamps[-1] - stamps[0] > budget_s:
+                break
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
 def peak_rss_mb() -> float:
@@ -206,11 +234,15 @@ def main() -> None:
 
             train = bench_training(run, args.budget_s, args.max_steps, device)
         torch.manual_seed(0)
+        plain = plain_loop_steps_per_s(build_diffusion(spec).model.to(device),
+                                       (tc.batch_size, spec.horizon, spec.transition_dim), spec.n_steps, tc.lr,
+                                       device, args.budget_s, args.max_steps)
+        torch.manual_seed(0)
         diffusion = build_diffusion(spec).to(device).eval()  # random weights: sampling cost does not depend on them
         with torch.no_grad():  # warm-up: same shapes, two steps
             diffusion.sample(PLAN_BATCH, sampler="ddim", n_sample_steps=2, generator=torch.Generator(device))
         latency = {name: sampling_latency(diffusion, device, *how) for name, how in samplers.items()}
-        rows.append((*training_row(device, train), *(f"{s * 1000:.0f} ms" for s in latency.values())))
+        rows.append((*training_row(device, train, plain), *(f"{s * 1000:.0f} ms" for s in latency.values())))
     n_params = sum(p.numel() for p in diffusion.model.parameters())
     print_table(
         f"train-diffusion benchmark: horizon {cfg.horizon}, transition_dim {spec.transition_dim}, U-Net dim "

@@ -22,7 +22,7 @@ from relreward_cli.diffusion.gaussian import GaussianDiffusion
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
 from relreward_cli.models.unet import TemporalUnet
-from relreward_cli.training import TrainResult, load_checkpoint, save_checkpoint, train_loop
+from relreward_cli.training import TrainResult, adam, load_checkpoint, save_checkpoint, train_loop
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -165,18 +165,22 @@ def train_diffusion(spec: DiffusionSpec, segments: SegmentPair, kind: str, run_d
     diffusion = build_diffusion(spec).to(device)
     data = segments[kind].to(device)
     ema = EMA(diffusion, ema_decay, ema_start)
-    optimizer = torch.optim.Adam(diffusion.parameters(), lr=lr)
+    optimizer = adam(diffusion.parameters(), lr=lr)
     extra = {"spec": asdict(spec), "normalizer": segments.normalizer.state_dict(), "info": info}
-    n_conditioned = round(batch_size * start_conditioned)
+    conditioned = torch.arange(batch_size, device=device) < round(batch_size * start_conditioned)
+    parts = {name: rows for name, rows in (("start_conditioned", conditioned), ("unconditioned", ~conditioned))
+             if rows.any()}
 
     def loss_fn() -> tuple[torch.Tensor, dict[str, float]]:
         x0 = data.sample(batch_size, generator)
-        parts = {"start_conditioned": (x0[:n_conditioned], {0: x0[:n_conditioned, 0, spec.action_dim:]}),
-                 "unconditioned": (x0[n_conditioned:], None)}
-        losses = {name: diffusion.loss(x, conditions, action_weight=action_weight)
-                  for name, (x, conditions) in parts.items() if len(x)}
-        loss = sum(value * len(parts[name][0]) for name, value in losses.items()) / batch_size
-        return loss, {f"loss_{name}": value.item() for name, value in losses.items()}
+        # Steps and noise drawn part by part, in the order of the earlier two-call loss, so that a seed trains
+        # the same model as before; the denoiser then runs once on the whole batch.
+        draws = [(torch.randint(0, spec.n_steps, (int(rows.sum()),), device=device),
+                  torch.randn((int(rows.sum()), *x0.shape[1:]), device=device)) for rows in parts.values()]
+        losses = diffusion.row_losses(x0, {0: x0[:, 0, spec.action_dim:]}, action_weight=action_weight,
+                                      conditioned=conditioned, t=torch.cat([t for t, _ in draws]),
+                                      noise=torch.cat([eps for _, eps in draws]))
+        return losses.mean(), {f"loss_{name}": losses[rows].mean().item() for name, rows in parts.items()}
 
     result = train_loop(
         model=diffusion, loss_fn=loss_fn,

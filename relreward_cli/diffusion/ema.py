@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class EMA:
@@ -17,18 +18,20 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.995, update_after_step: int = 0):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.update_after_step, self.step = decay, update_after_step, 0
+        self._params, self._buffers = list(self.model.parameters()), list(self.model.buffers())
+        self._lerp = get_ema_multi_avg_fn(decay)  # torch's multi-tensor EMA: one fused lerp over all weights
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold the online `model`'s current weights into the average."""
         self.step += 1
-        copying = self.step <= self.update_after_step
-        for ema_param, param in zip(self.model.parameters(), model.parameters(), strict=True):
-            if copying:
+        params = list(model.parameters())
+        if self.step <= self.update_after_step:
+            for ema_param, param in zip(self._params, params, strict=True):
                 ema_param.copy_(param)
-            else:
-                ema_param.lerp_(param, 1.0 - self.decay)
-        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
+        else:
+            self._lerp(self._params, params, self.step)
+        for ema_buffer, buffer in zip(self._buffers, model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
     def state_dict(self) -> dict[str, Any]:
@@ -38,4 +41,5 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.step, self.decay = state["step"], state["decay"]
+        self._lerp = get_ema_multi_avg_fn(self.decay)
         self.update_after_step = state["update_after_step"]

@@ -100,23 +100,38 @@ class GaussianDiffusion(nn.Module):
     def loss(self, x0: torch.Tensor, conditions: Conditions | None = None,
              generator: torch.Generator | None = None, action_weight: float = 1.0) -> torch.Tensor:
         """Prediction MSE (of the noise or of `x0`, as `prediction`) for clean segments `x0` `(B, H, D)` at
-        uniformly drawn steps (scalar).
+        uniformly drawn steps (scalar): the mean of :meth:`row_losses` with every row conditioned."""
+        return self.row_losses(x0, conditions, generator, action_weight).mean()
 
-        Conditioned entries are inpainted into `x_t` with their clean values, as in sampling; they carry no
-        noise to predict, so they are excluded from the mean. The errors of the first step's actions (the ones
-        a planner executes) count `action_weight` times (Diffuser's locomotion models: 10); the mean stays
-        over the free entries, so 1 is the plain MSE.
+    def row_losses(self, x0: torch.Tensor, conditions: Conditions | None = None,
+                   generator: torch.Generator | None = None, action_weight: float = 1.0,
+                   conditioned: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-segment prediction MSE `(B,)` for clean segments `x0` `(B, H, D)` at uniformly drawn steps, in one
+        call of the denoiser.
+
+        `conditions` are inpainted into `x_t` with their clean values, as in sampling, in the rows where
+        `conditioned` `(B,)` is true (all rows when it is None); those entries carry no noise to predict, so
+        they are left out of their row's mean. The errors of the first step's actions (the ones a planner
+        executes) count `action_weight` times (Diffuser's locomotion models: 10); the mean stays over the free
+        entries, so 1 is the plain MSE. The steps `t` `(B,)` and the noise `noise` `(B, H, D)` are drawn from
+        `generator` unless given.
         """
-        t = torch.randint(0, self.schedule.n_steps, (x0.shape[0],), generator=generator, device=x0.device)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = apply_conditioning(self.schedule.add_noise(x0, eps, t), conditions, self.action_dim)
-        weights = torch.ones_like(x0[0])
-        for index in conditions or {}:
-            weights[index, self.action_dim:] = 0
-        n_free = weights.sum()
-        weights[0, :self.action_dim] = action_weight
+        batch = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.schedule.n_steps, (batch,), generator=generator, device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) if noise is None else noise
+        x_t = self.schedule.add_noise(x0, eps, t)
+        rows = torch.ones(batch, dtype=torch.bool, device=x0.device) if conditioned is None else conditioned
+        weights = torch.ones_like(x0)
+        if conditions:
+            x_t = torch.where(rows[:, None, None], apply_conditioning(x_t, conditions, self.action_dim), x_t)
+            for index in conditions:
+                weights[rows, index, self.action_dim:] = 0
+        n_free = weights.sum(dim=(1, 2))
+        weights[:, 0, :self.action_dim] = action_weight
         target = eps if self.prediction == "eps" else x0
-        return ((self.model(x_t, t) - target) ** 2 * weights).sum() / (n_free * x0.shape[0])
+        return ((self.model(x_t, t) - target) ** 2 * weights).sum(dim=(1, 2)) / n_free
 
     def _clipped(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
 from relreward_cli.models.reward_net import RewardNet
 from relreward_cli.reward.extraction import TARGETS, extraction_loss, loss_by_t_band, noised_batch
-from relreward_cli.training import TrainResult, load_checkpoint, save_checkpoint, train_loop
+from relreward_cli.training import TrainResult, adam, load_checkpoint, save_checkpoint, train_loop
 
 REWARD_FILE = "reward.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -85,7 +85,7 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     run_dir = Path(run_dir)
     architecture = {"dim": dim, "dim_mults": tuple(dim_mults)}
     net = RewardNet(base.spec.horizon, base.spec.transition_dim, **architecture).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    optimizer = adam(net.parameters(), lr=lr)
     base_data, expert_data = segments.base.to(device), segments.expert.to(device)
     schedule = base.diffusion.schedule
     n_samples = round(batch_size * sample_fraction)
