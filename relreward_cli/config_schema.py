@@ -2,18 +2,19 @@
 
 Hydra composes the YAML files and the command line into one config; nothing there knows that
 `train.n_steps` is a positive integer. :func:`check_config` merges each section below into its dataclass
-(OmegaConf structured configs refuse wrong types and unknown keys) and instantiates it, which runs the
-range checks in ``__post_init__``. Every problem found is reported at once, as one :class:`UserError` naming
+(OmegaConf structured configs refuse wrong types and unknown keys; the values, defaults included, come from
+the YAML files, so the dataclasses hold types only) and instantiates it, which runs the range checks in
+``__post_init__``. Every problem found is reported at once, as one :class:`UserError` naming
 the override that fixes it. The environment section (`env`) belongs to each environment family and is
 checked where it is read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from relreward_cli.errors import UserError
@@ -62,8 +63,8 @@ class _SectionProblems(Exception):
 class ModelConfig(_Checked):
     """`model` / `reward`: the temporal U-Net's (or reward net's) base width and per-level multipliers."""
 
-    dim: int = 16
-    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
+    dim: int = MISSING
+    dim_mults: list[int] = MISSING
 
     def check(self, problems: _Problems) -> None:
         _positive(problems, self, "dim")
@@ -73,10 +74,10 @@ class ModelConfig(_Checked):
 
 @dataclass
 class DiffusionConfig(_Checked):
-    n_steps: int = 20
-    schedule: str = "cosine"
-    clip_denoised: bool = True
-    prediction: str = "eps"
+    n_steps: int = MISSING
+    schedule: str = MISSING
+    clip_denoised: bool = MISSING
+    prediction: str = MISSING
 
     def check(self, problems: _Problems) -> None:
         _positive(problems, self, "n_steps")
@@ -85,28 +86,38 @@ class DiffusionConfig(_Checked):
 
 
 @dataclass
-class TrainConfig(_Checked):
-    """`train`: train-diffusion's optimisation (see configs/base.yaml for each key)."""
+class _LoopConfig(_Checked):
+    """What every training loop takes (`train` and `extract`): steps, batch, learning rate, gradient clip and how
+    often to checkpoint and log."""
 
-    n_steps: int = 3000
-    batch_size: int = 64
-    lr: float = 2e-4
-    ema_decay: float = 0.995
-    ema_start: int = 200
-    grad_clip: float | None = 1.0
-    start_conditioned: float = 0.5
-    action_weight: float = 1.0
-    save_every: int = 1000
-    log_every: int = 100
-    n_plot_samples: int = 16
-    sampler: str = "ddpm"
+    n_steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    grad_clip: float | None = MISSING
+    save_every: int = MISSING
+    log_every: int = MISSING
 
     def check(self, problems: _Problems) -> None:
         _positive(problems, self, "n_steps", "batch_size", "save_every", "log_every")
         problems.need(self.lr > 0, "lr", self.lr, "a positive learning rate")
+        problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
+
+
+@dataclass
+class TrainConfig(_LoopConfig):
+    """`train`: train-diffusion's optimisation (see configs/base.yaml for each key)."""
+
+    ema_decay: float = MISSING
+    ema_start: int = MISSING
+    start_conditioned: float = MISSING
+    action_weight: float = MISSING
+    n_plot_samples: int = MISSING
+    sampler: str = MISSING
+
+    def check(self, problems: _Problems) -> None:
+        super().check(problems)
         problems.need(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "in [0, 1)")
         problems.need(self.ema_start >= 0, "ema_start", self.ema_start, "a step >= 0")
-        problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
         _share(problems, self, "start_conditioned")
         problems.need(self.action_weight > 0, "action_weight", self.action_weight, "positive")
         problems.need(self.n_plot_samples >= 0, "n_plot_samples", self.n_plot_samples, "an integer >= 0")
@@ -114,28 +125,21 @@ class TrainConfig(_Checked):
 
 
 @dataclass
-class ExtractConfig(_Checked):
+class ExtractConfig(_LoopConfig):
     """`extract`: the reward network's training and evaluation."""
 
-    n_steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    grad_clip: float | None = 1.0
-    save_every: int = 1000
-    log_every: int = 100
-    target: str = "score"
-    start_conditioned: float = 0.0
-    sample_fraction: float = 0.0
-    sample_pool: int = 512
-    eval_t: list[int] = field(default_factory=lambda: [0, 2, 5, 10, 15])
-    eval_noise_samples: int = 16
-    eval_segments: int = 1024
-    grid_resolution: float = 0.05
+    target: str = MISSING
+    start_conditioned: float = MISSING
+    sample_fraction: float = MISSING
+    sample_pool: int = MISSING
+    eval_t: list[int] = MISSING
+    eval_noise_samples: int = MISSING
+    eval_segments: int = MISSING
+    grid_resolution: float = MISSING
 
     def check(self, problems: _Problems) -> None:
-        _positive(problems, self, "n_steps", "batch_size", "save_every", "log_every", "sample_pool")
-        problems.need(self.lr > 0, "lr", self.lr, "a positive learning rate")
-        problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
+        super().check(problems)
+        _positive(problems, self, "sample_pool")
         problems.need(self.target in ("score", "posterior_mean"), "target", self.target, "score or posterior_mean")
         _share(problems, self, "start_conditioned", "sample_fraction")
         problems.need(bool(self.eval_t) and min(self.eval_t) >= 0, "eval_t", self.eval_t,
@@ -149,24 +153,24 @@ class ExtractConfig(_Checked):
 class SteerConfig(_Checked):
     """`steer`: steer-eval's planners and rollouts."""
 
-    planners: list[str] = field(default_factory=lambda: ["base", "guided", "ranked", "guided_ranked", "expert"])
-    scale: float = 3.0
-    n_guide_steps: int = 2
-    t_stopgrad: int = 2
-    scale_grad_by_std: bool = True
-    grad_clip: float | None = None
-    n_plans: int = 8
-    rank_t: int | None = None
-    sampler: str = "ddpm"
-    n_sample_steps: int | None = None
-    eta: float = 0.0
-    replan_every: int = 8
-    n_episodes: int = 10
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    max_episode_steps: int | None = None
-    success_radius: float = 0.5
-    controller: dict[str, float] = field(default_factory=lambda: {"p_gain": 10.0, "d_gain": 4.0})
-    n_plot_paths: int = 10
+    planners: list[str] = MISSING
+    scale: float = MISSING
+    n_guide_steps: int = MISSING
+    t_stopgrad: int = MISSING
+    scale_grad_by_std: bool = MISSING
+    grad_clip: float | None = MISSING
+    n_plans: int = MISSING
+    rank_t: int | None = MISSING
+    sampler: str = MISSING
+    n_sample_steps: int | None = MISSING
+    eta: float = MISSING
+    replan_every: int = MISSING
+    n_episodes: int = MISSING
+    seeds: list[int] = MISSING
+    max_episode_steps: int | None = MISSING
+    success_radius: float = MISSING
+    controller: dict[str, float] = MISSING
+    n_plot_paths: int = MISSING
 
     def check(self, problems: _Problems) -> None:
         from relreward_cli.stages.steer_eval import PLANNERS

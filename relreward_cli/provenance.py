@@ -11,6 +11,7 @@ often to log or save, `n_steps`, which a resumed run may extend) are left out of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,16 +34,27 @@ log = logging.getLogger(__name__)
 
 
 def digest(path: Path) -> str:
-    """SHA-256 (16 hex digits) of a file, or of a folder's files (names and contents, in sorted order)."""
+    """SHA-256 (16 hex digits) of a file, or of a folder's files (names and contents, in sorted order). Files
+    are read once per process while their size and modification time stay the same (`pipeline` asks for the
+    datasets' digests at every stage)."""
     path = Path(path)
-    sha = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    sha = hashlib.sha256()
     for file in files:
+        stat = file.stat()
         sha.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(block)
+        sha.update(_file_sha256(str(file.resolve()), stat.st_size, stat.st_mtime_ns))
     return sha.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> bytes:
+    """The SHA-256 of a file's contents; `size` and `mtime_ns` key the cache, so a rewritten file is read again."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.digest()
 
 
 def record(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> dict[str, Any]:
@@ -84,7 +96,6 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_
     """
     run_dir = Path(run_dir)
     found = recorded(run_dir)
-    outputs = [run_dir / name for name in STAGE_OUTPUTS if (run_dir / name).exists()]
     if found == current:
         return
     if any((run_dir / name).exists() for name in WORK):
@@ -98,8 +109,9 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_
                 "files move to a superseded-<time>/ folder inside it), or give this run another folder.")
         aside = run_dir / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
         aside.mkdir(parents=True, exist_ok=True)
-        for path in outputs:
-            path.rename(aside / path.name)
+        for name in STAGE_OUTPUTS:
+            if (run_dir / name).exists():
+                (run_dir / name).rename(aside / name)
         log.warning("%s was made from something else (%s); its files moved to %s, starting afresh.", run_dir,
                     "; ".join(changes[:3]), aside)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -71,13 +71,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file (hex, first 16 characters): which exact model a derived artifact was made from."""
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def load_checkpoint(path: Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`, refusing files that are not ours.
 
