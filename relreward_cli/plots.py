@@ -148,3 +148,62 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 110, title_space_in: flo
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def plot_class_rewards(classes: np.ndarray, means: np.ndarray, sems: np.ndarray, highlighted: set[int], path: Path,
+                       title: str) -> Path:
+    """Bar chart of the mean reward per class ``(K,)`` with standard-error bars ``(K,)``; the ``highlighted``
+    classes (the expert's) in a second colour."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    is_expert = np.array([int(c) in highlighted for c in classes], dtype=bool)
+    positions = np.arange(len(classes))
+    for index, (name, mask) in enumerate((("other classes", ~is_expert), ("expert's classes", is_expert))):
+        if mask.any():
+            ax.bar(positions[mask], np.asarray(means)[mask], yerr=np.asarray(sems)[mask], color=f"C{index}",
+                   capsize=3, label=name)
+    ax.axhline(0.0, color="0.5", lw=0.6)
+    ax.set_xticks(positions, [str(c) for c in classes])
+    ax.set_xlabel("class")
+    ax.set_ylabel("mean reward (± s.e.)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_image_grid(rows: dict[str, np.ndarray], path: Path, title: str,
+                    captions: dict[str, list[str]] | None = None) -> Path:
+    """One row of small grey images per named entry (each ``(n, 8, 8)`` raw pixels in [0, 16]), the name as the
+    row's label and an optional caption under each image (e.g. its reward)."""
+    n_cols = max(1, max((len(images) for images in rows.values()), default=1))
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.9 * n_cols + 1.2, 1.1 * len(rows) + 0.4),
+                             squeeze=False)
+    for row_axes, (name, images) in zip(axes, rows.items(), strict=True):
+        row_captions = (captions or {}).get(name, [])
+        for col, ax in enumerate(row_axes):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(images):
+                ax.axis("off")
+                continue
+            ax.imshow(images[col], cmap="gray_r", vmin=0.0, vmax=16.0, interpolation="nearest")
+            if col < len(row_captions):
+                ax.set_xlabel(row_captions[col], fontsize=6)
+        row_axes[0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path, title_space_in=0.3)
+
+
+def plot_class_shares(classes: np.ndarray, shares: dict[str, np.ndarray], highlighted: set[int], path: Path,
+                      title: str) -> Path:
+    """Grouped bars: the share of each class ``(K,)`` among the samples of each named sampler; the ``highlighted``
+    classes' ticks marked with an asterisk."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    positions, width = np.arange(len(classes)), 0.8 / max(len(shares), 1)
+    for index, (name, values) in enumerate(shares.items()):
+        ax.bar(positions + (index - (len(shares) - 1) / 2) * width, values, width, label=name, color=f"C{index}")
+    ax.set_xticks(positions, [f"{c}*" if int(c) in highlighted else str(c) for c in classes])
+    ax.set_xlabel("class (* the expert's)")
+    ax.set_ylabel("share of samples")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)

@@ -20,12 +20,12 @@ from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.envs.registry import make_env
 from relreward_cli.errors import UserError
 from relreward_cli.models.reward_net import RewardNet
+from relreward_cli.planning.evaluation import summarize
 from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.planning.planner import GuidedPlanner
 from relreward_cli.planning.rollout import PlannedActions, Rollouts, WaypointTracker, rollout
 from relreward_cli.planning.scores import D4RL_REFERENCE_RETURNS, mean_and_sem, normalized_score, score_normalizer
 from relreward_cli.reward.trainer import TrainedReward
-from relreward_cli.stages.steer_eval import summarize
 
 SPEC = DiffusionSpec(horizon=8, obs_dim=4, act_dim=2, use_actions=False, dim=8, dim_mults=(1, 2), n_steps=5)
 NORMALIZER = Normalizer("limits", np.zeros(4), np.full(4, 2.0))  # Maze2D-like (x, y, vx, vy) in [-2, 2]

@@ -21,7 +21,7 @@ from relreward_cli.diffusion.ema import EMA
 from relreward_cli.diffusion.gaussian import GaussianDiffusion
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
-from relreward_cli.models.unet import TemporalUnet
+from relreward_cli.models.networks import networks
 from relreward_cli.training import TrainResult, adam, load_checkpoint, save_checkpoint, train_loop
 
 MODEL_FILE = "model.pt"
@@ -30,9 +30,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 @dataclass(frozen=True)
 class DiffusionSpec:
-    """Everything needed to rebuild a trajectory diffusion model.
+    """Everything needed to rebuild a diffusion model of samples ``(horizon, transition_dim)``.
 
-    ``transition_dim = obs_dim + act_dim`` with actions first when ``use_actions``, else ``obs_dim``.
+    ``transition_dim = obs_dim + act_dim`` with actions first when ``use_actions``, else ``obs_dim``. Image
+    models (``network="image"``) read images of ``horizon`` rows and ``obs_dim`` columns.
     """
 
     horizon: int
@@ -45,6 +46,7 @@ class DiffusionSpec:
     schedule: str = "cosine"
     clip_denoised: bool = True
     prediction: str = "eps"
+    network: str = "temporal"  # the denoiser's architecture (relreward_cli.models.networks)
 
     @property
     def transition_dim(self) -> int:
@@ -69,8 +71,9 @@ def normalize_observations(spec: DiffusionSpec, normalizer: Normalizer, observat
 
 
 def build_diffusion(spec: DiffusionSpec) -> GaussianDiffusion:
-    """A freshly initialized :class:`GaussianDiffusion` with a :class:`TemporalUnet` denoiser."""
-    unet = TemporalUnet(spec.horizon, spec.transition_dim, spec.dim, spec.dim_mults)
+    """A freshly initialized :class:`GaussianDiffusion` with the spec's denoiser (a temporal or an image U-Net)."""
+    denoiser, _ = networks(spec.network)
+    unet = denoiser(spec.horizon, spec.transition_dim, spec.dim, spec.dim_mults)
     return GaussianDiffusion(unet, NoiseSchedule(spec.n_steps, spec.schedule), spec.horizon,
                              spec.transition_dim, spec.action_dim, spec.clip_denoised, spec.prediction)
 
@@ -123,7 +126,7 @@ class ModelSpace(Protocol):
 def space_mismatches(a: ModelSpace, b: ModelSpace, names: tuple[str, str]) -> list[str]:
     """How two models' spaces differ (empty when they agree): shapes, noise schedule, normalizer."""
     problems = []
-    for field in ("horizon", "obs_dim", "act_dim", "use_actions", "n_steps", "schedule"):
+    for field in ("horizon", "obs_dim", "act_dim", "use_actions", "n_steps", "schedule", "network"):
         value_a, value_b = getattr(a.spec, field), getattr(b.spec, field)
         if value_a != value_b:
             problems.append(f"{field}: {names[0]} {value_a} vs {names[1]} {value_b}")

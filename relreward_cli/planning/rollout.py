@@ -11,7 +11,6 @@ import numpy as np
 from tqdm import tqdm
 
 from relreward_cli.data.sources import flat_observations
-from relreward_cli.diffusion.artifact import DiffusionSpec
 from relreward_cli.errors import UserError
 from relreward_cli.planning.planner import GuidedPlanner
 
@@ -54,17 +53,6 @@ class WaypointTracker:
         action = (self.p_gain * (target[:, :2] - observations[:, :2])
                   + self.d_gain * (target[:, 2:4] - observations[:, 2:4]))
         return np.clip(action, -1.0, 1.0)
-
-
-def plan_follower(spec: DiffusionSpec, is_maze: bool, p_gain: float, d_gain: float) -> PlanFollower:
-    """Planned actions when the model plans them, the waypoint tracker for state-only Maze2D plans."""
-    if spec.use_actions:
-        return PlannedActions(spec.act_dim)
-    if not is_maze:
-        raise UserError("This model plans observations only (use_actions=false), and only Maze2D has a controller "
-                        "that tracks planned states. Train the diffusion models with use_actions=true (the "
-                        "locomotion env configs do) so that the planner can execute its planned actions.")
-    return WaypointTracker(spec.action_dim, p_gain, d_gain)
 
 
 @dataclass

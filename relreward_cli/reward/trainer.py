@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from relreward_cli.data.normalizer import Normalizer
 from relreward_cli.data.pairs import SegmentPair
@@ -18,7 +19,7 @@ from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion, ch
 from relreward_cli.diffusion.gaussian import apply_conditioning
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
-from relreward_cli.models.reward_net import RewardNet
+from relreward_cli.models.networks import networks
 from relreward_cli.reward.extraction import TARGETS, extraction_loss, loss_by_t_band, noised_batch
 from relreward_cli.training import TrainResult, adam, load_checkpoint, save_checkpoint, train_loop
 
@@ -30,7 +31,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 class TrainedReward:
     """A loaded ``reward.pt``: the network (eval mode), the diffusion spec and normalizer of its space."""
 
-    net: RewardNet
+    net: nn.Module  # RewardNet or ImageRewardNet: forward(x (B, H, D), t (B,)) -> (B,)
     spec: DiffusionSpec
     normalizer: Normalizer
     schedule: NoiseSchedule
@@ -53,7 +54,7 @@ def load_reward_model(path: Path, device: str | torch.device = "cpu") -> Trained
                         "first, or pass the run folder of a finished extraction.")
     payload = load_checkpoint(file, kind="reward-model", map_location=device)
     spec = DiffusionSpec.from_dict(payload["spec"])
-    net = RewardNet(spec.horizon, spec.transition_dim, **payload["architecture"]).to(device)
+    net = networks(spec.network)[1](spec.horizon, spec.transition_dim, **payload["architecture"]).to(device)
     net.load_state_dict(payload["weights"])
     net.eval().requires_grad_(False)
     return TrainedReward(net, spec, Normalizer.from_state_dict(payload["normalizer"]),
@@ -84,7 +85,7 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
         raise UserError(f"extract.start_conditioned={start_conditioned} must be a share of the batch in [0, 1].")
     run_dir = Path(run_dir)
     architecture = {"dim": dim, "dim_mults": tuple(dim_mults)}
-    net = RewardNet(base.spec.horizon, base.spec.transition_dim, **architecture).to(device)
+    net = networks(base.spec.network)[1](base.spec.horizon, base.spec.transition_dim, **architecture).to(device)
     optimizer = adam(net.parameters(), lr=lr)
     base_data, expert_data = segments.base.to(device), segments.expert.to(device)
     schedule = base.diffusion.schedule

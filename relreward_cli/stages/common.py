@@ -6,14 +6,10 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from relreward_cli.data.generate_maze import read_dataset_metadata
-from relreward_cli.data.sources import split_source
 from relreward_cli.diffusion.artifact import DiffusionSpec
-from relreward_cli.envs.maze import MazeGeometry
 from relreward_cli.errors import UserError
 from relreward_cli.tracking import RunTracker
 from relreward_cli.training import resolve_device
@@ -64,19 +60,12 @@ def config_subset(cfg: DictConfig, keys: dict[str, tuple[str, ...]]) -> dict:
     return subset
 
 
-def dataset_inputs(cfg: DictConfig) -> dict[str, Path]:
-    """The base and expert datasets of ``cfg.env``, as inputs whose digests a run's provenance records."""
-    from relreward_cli.data.sources import dataset_path
-
-    return {f"{kind}_data": dataset_path(cfg.env[f"{kind}_data"], data_root(cfg)) for kind in ("base", "expert")}
-
-
 def data_root(cfg: DictConfig) -> Path:
     """Absolute Minari root of generated datasets (``data_dir``)."""
     return Path(cfg.data_dir).expanduser().resolve()
 
 
-def diffusion_spec(cfg: DictConfig, obs_dim: int, act_dim: int) -> DiffusionSpec:
+def diffusion_spec(cfg: DictConfig, obs_dim: int, act_dim: int, network: str = "temporal") -> DiffusionSpec:
     """The model spec a config asks for; refuses clipping `x_0` to `[-1, 1]` on Gaussian-normalized data (whose
     values run past one standard deviation)."""
     if cfg.normalizer == "gaussian" and cfg.diffusion.clip_denoised:
@@ -87,33 +76,7 @@ def diffusion_spec(cfg: DictConfig, obs_dim: int, act_dim: int) -> DiffusionSpec
     return DiffusionSpec(horizon=cfg.horizon, obs_dim=obs_dim, act_dim=act_dim, use_actions=cfg.use_actions,
                          dim=cfg.model.dim, dim_mults=tuple(cfg.model.dim_mults), n_steps=cfg.diffusion.n_steps,
                          schedule=cfg.diffusion.schedule, clip_denoised=cfg.diffusion.clip_denoised,
-                         prediction=cfg.diffusion.prediction)
-
-
-def maze_goal(cfg: DictConfig) -> tuple[MazeGeometry, np.ndarray]:
-    """The maze of a Maze2D env config and the expert's goal (world x, y). The goal must be the one the expert
-    data were generated for (their metadata's `goal_cell`), else every reward map and success rate would be
-    measured against a goal the expert never went to."""
-    if cfg.env.family != "maze2d":
-        raise UserError(f"env={cfg.env.name} is not a Maze2D environment; this step needs env=maze2d_*.")
-    geometry = MazeGeometry.from_name(cfg.env.maze)
-    goal = tuple(geometry.check_free(tuple(cfg.env.goal_cell)))
-    kind, dataset_id = split_source(cfg.env.expert_data)
-    if kind == "generated":
-        data_goal = read_dataset_metadata(dataset_id, data_root(cfg)).get("goal_cell")
-        if data_goal is not None and tuple(data_goal) != goal:
-            raise UserError(f"env.goal_cell={list(goal)}, but the expert data {cfg.env.expert_data} were made for "
-                            f"the goal {list(data_goal)}. Pass env.goal_cell={list(data_goal)}, or make data for "
-                            f"this goal (`relreward make-dataset env={cfg.env.name} env.goal_cell={list(goal)} "
-                            "overwrite=true`, or another data_dir) and train on them.")
-    return geometry, geometry.cell_to_xy(np.asarray(goal))
-
-
-def check_goal_matches_data(cfg: DictConfig) -> None:
-    """Before any work: a Maze2D config's goal is the one its expert data were made for (see :func:`maze_goal`);
-    nothing to check for environments without a goal."""
-    if cfg.env.family == "maze2d":
-        maze_goal(cfg)
+                         prediction=cfg.diffusion.prediction, network=network)
 
 
 def log_to(tracker: RunTracker, prefix: str):

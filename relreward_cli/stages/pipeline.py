@@ -19,12 +19,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from relreward_cli import provenance
-from relreward_cli.data.sources import split_source
+from relreward_cli import families, provenance
 from relreward_cli.diffusion.artifact import MODEL_FILE
 from relreward_cli.reward.trainer import REWARD_FILE
-from relreward_cli.stages import extract, make_dataset, steer_eval, train_diffusion
-from relreward_cli.stages.common import hydra_run_dir
+from relreward_cli.stages import extract, steer_eval, train_diffusion
+from relreward_cli.stages.common import apply_threads, hydra_run_dir
 from relreward_cli.tracking import print_summary_table, write_json_atomic
 
 
@@ -54,11 +53,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     seconds: dict[str, float] = {}
     summary: dict = {}
 
-    start = time.perf_counter()
-    generated = [kind for kind in ("base", "expert") if split_source(cfg.env[f"{kind}_data"])[0] == "generated"]
-    if generated:
-        make_dataset.make_datasets(cfg, tuple(generated), cfg.overwrite)
+    domain, start = families.of(cfg), time.perf_counter()
+    if generated := domain.generated_kinds(cfg):
+        apply_threads(cfg)
+        domain.make_datasets(cfg, generated, cfg.overwrite)
     seconds["make-dataset"] = time.perf_counter() - start
+
+    if domain.pretrained_models:  # nothing to train: extract from what make-dataset recorded of the two models
+        start = time.perf_counter()
+        summary |= domain.summary_for_pipeline(domain.extract_pretrained(cfg, run_dir / "extract", group, True))
+        seconds["extract"] = time.perf_counter() - start
+        return _finish(cfg, run_dir, domain, summary, seconds)
 
     models = {kind: run_dir / f"diffusion_{kind}" for kind in ("base", "expert")}
     for kind, stage_dir in models.items():
@@ -66,14 +71,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         metrics = _run_stage(stage_dir, MODEL_FILE, train_diffusion.made_from(cfg, kind),
                              partial(train_diffusion.run, cfg, stage_dir, kind, group, start_afresh=True))
         seconds[f"train-diffusion[{kind}]"] = time.perf_counter() - start
-        summary |= {f"{kind}/{key}": metrics[key] for key in metrics if key.startswith("plans/")}
+        summary |= {f"{kind}/{key}": value for key, value in domain.summary_for_pipeline(metrics).items()}
         summary[f"{kind}/final_loss"] = metrics["final_loss"]
 
     stage_dir, start = run_dir / "extract", time.perf_counter()
     metrics = _run_stage(stage_dir, REWARD_FILE, extract.made_from(cfg, models["base"], models["expert"]), partial(
         extract.run, cfg, stage_dir, models["base"], models["expert"], group, start_afresh=True))
     seconds["extract"] = time.perf_counter() - start
-    summary |= {key: value for key, value in metrics.items() if key.startswith("pearson/") or key == "heatmap"}
+    summary |= domain.summary_for_pipeline(metrics)
 
     if cfg.pipeline.steer:
         reward_dir, stage_dir, start = stage_dir, run_dir / "steer_eval", time.perf_counter()
@@ -82,17 +87,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                              partial(steer_eval.run, cfg, stage_dir, models["base"], models["expert"],
                                      reward_dir, group))
         seconds["steer-eval"] = time.perf_counter() - start
-        summary |= {key: value for key, value in metrics.items() if key.endswith(("score_mean", "success_rate"))}
+        summary |= domain.summary_for_pipeline(metrics)
+    return _finish(cfg, run_dir, domain, summary, seconds)
+
+
+def _finish(cfg: DictConfig, run_dir: Path, domain: families.EnvFamily, summary: dict,
+            seconds: dict[str, float]) -> dict:
+    """Add the stage times to the summary, write it to ``metrics.json``, print it and the env's headline."""
     summary |= {f"seconds/{stage}": value for stage, value in seconds.items()}
     summary["seconds/total"] = sum(seconds.values())
     write_json_atomic(run_dir / "metrics.json", summary)
     print_summary_table(f"pipeline {cfg.env.name} (seed {cfg.seed}) -> {run_dir}", summary)
-    if "pearson/best" in summary:
-        per_t = ", ".join(f"t={key.removeprefix('pearson/t')}: {value:.3f}" for key, value in summary.items()
-                          if key.startswith("pearson/t"))
-        print(f"Learned reward vs ground truth (negative geodesic distance to the goal): Pearson "
-              f"{summary['pearson/best']:.3f} at t={summary['pearson/best_t']} ({per_t}).\n"
-              f"Heatmap: {summary['heatmap']}")
+    if headline := domain.headline(summary):
+        print(headline)
     return summary
 
 

@@ -1,30 +1,17 @@
-"""``relreward train-diffusion``: a trajectory diffusion model on the base or the expert data."""
+"""``relreward train-diffusion``: a diffusion model (of trajectory segments or images) on the base or the expert
+data."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
-from relreward_cli import provenance
-from relreward_cli.data.pairs import load_segment_pair
+from relreward_cli import families, provenance
 from relreward_cli.diffusion.artifact import train_diffusion
-from relreward_cli.envs.registry import check_data_fits_env
-from relreward_cli.planning.maze_plans import plan_quality, random_free_positions, sample_maze_plans
-from relreward_cli.plots import plot_curve, plot_maze_plans
-from relreward_cli.stages.common import (
-    check_goal_matches_data,
-    config_subset,
-    data_root,
-    dataset_inputs,
-    diffusion_spec,
-    hydra_run_dir,
-    log_to,
-    maze_goal,
-    torch_device,
-)
+from relreward_cli.errors import UserError
+from relreward_cli.plots import plot_curve
+from relreward_cli.stages.common import config_subset, diffusion_spec, hydra_run_dir, log_to, torch_device
 from relreward_cli.tracking import RunTracker, print_summary_table, tracker_from_config
 from relreward_cli.training import seed_everything
 
@@ -40,21 +27,24 @@ def made_from(cfg: DictConfig, kind: str) -> dict:
                                    "diffusion": (), "train": train_keys})
     return provenance.record({"stage": "train-diffusion", "kind": kind, "env": cfg.env.name,
                               "base_data": cfg.env.base_data, "expert_data": cfg.env.expert_data, **settings},
-                             dataset_inputs(cfg))
+                             families.of(cfg).dataset_inputs(cfg))
 
 
 def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None, start_afresh: bool = False) -> dict:
     """Train the ``kind`` model into ``run_dir`` (resuming a killed run of the same provenance, see
     :mod:`relreward_cli.provenance`), then plot and score its samples."""
-    check_goal_matches_data(cfg)
+    domain = families.of(cfg)
+    if domain.pretrained_models:
+        raise UserError(f"env={cfg.env.name} compares two pretrained models, so there is no diffusion model to train. "
+                        f"Run `relreward make-dataset env={cfg.env.name}` and then `relreward extract "
+                        f"env={cfg.env.name}`, or both with `relreward pipeline env={cfg.env.name}`.")
+    domain.check_config(cfg)
     provenance.claim(run_dir, made_from(cfg, kind), start_afresh=start_afresh,
                      how_to_start_afresh="overwrite=true")
     generator = seed_everything(cfg.seed)
     device = torch_device(cfg)
-    segments = load_segment_pair(cfg.env.base_data, cfg.env.expert_data, data_root(cfg), cfg.horizon,
-                                 cfg.use_actions, cfg.normalizer)
-    check_data_fits_env(cfg.env.name, segments.obs_dim, segments.act_dim, f"{cfg.env.base_data}, {cfg.env.expert_data}")
-    spec = diffusion_spec(cfg, segments.obs_dim, segments.act_dim)
+    segments = domain.load_data(cfg)
+    spec = diffusion_spec(cfg, segments.obs_dim, segments.act_dim, domain.network)
     tc = cfg.train
     with tracker_from_config(cfg, run_dir, f"train-diffusion-{kind}", group) as tracker:
         model, result = train_diffusion(
@@ -68,8 +58,7 @@ def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None, sta
                    "steps_per_s": result.steps_per_s, "peak_memory_mb": result.peak_memory_mb,
                    "segments": len(segments[kind]), "device": str(device)}
         _plot_loss(tracker)
-        if cfg.env.family == "maze2d":
-            metrics |= _maze_samples(cfg, model, tracker, kind)
+        metrics |= domain.model_diagnostics(cfg, model, tracker, kind)
         tracker.summary(metrics)
     print_summary_table(f"train-diffusion {cfg.env.name} [{kind}] -> {run_dir}", metrics)
     return metrics
@@ -80,20 +69,6 @@ def _plot_loss(tracker: RunTracker) -> None:
     if rows:
         plot_curve([r[0] for r in rows], {"loss": [r[1] for r in rows]}, tracker.plots_dir / "loss.png",
                    "step", "eps MSE", logy=True)
-
-
-def _maze_samples(cfg: DictConfig, model, tracker: RunTracker, kind: str, n_plans: int = 64) -> dict:
-    """Sample plans from random starts; draw some on the maze; score walls and distance to the goal."""
-    geometry, goal_xy = maze_goal(cfg)
-    starts = random_free_positions(geometry, n_plans, np.random.default_rng(cfg.seed))
-    generator = torch.Generator(model.diffusion.device).manual_seed(cfg.seed)
-    plans = sample_maze_plans(model, starts, cfg.train.sampler, generator)
-    quality = plan_quality(geometry, plans, goal_xy)
-    path = plot_maze_plans(geometry, plans[: cfg.train.n_plot_samples], goal_xy, tracker.plots_dir / "samples.png",
-                           f"{kind} model: {cfg.train.sampler} plans from random starts "
-                           f"(in walls {quality['wall_fraction']:.1%})")
-    tracker.log_image("samples", path)
-    return {f"plans/{key}": value for key, value in quality.items()}
 
 
 def main(cfg: DictConfig) -> dict:

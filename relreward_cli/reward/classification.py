@@ -1,0 +1,54 @@
+"""A scalar reward read as a classifier: how well its scores `(N,)` separate positives (e.g. samples of the expert's
+classes) from the rest, and its mean per class."""
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from relreward_cli.errors import UserError
+
+
+def _check(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores, positive = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(positive, dtype=bool).ravel()
+    if scores.shape != positive.shape:
+        raise UserError(f"Got {scores.size} scores but {positive.size} labels; give one label per score.")
+    if positive.all() or not positive.any():
+        raise UserError("Classification metrics need both positive and negative examples; got only one kind.")
+    return scores, positive
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` `(N,)` (higher = more positive) for labels `positive` `(N,)` bool:
+    1 for a perfect separator, 0 reversed, 0.5 for a constant score."""
+    scores, positive = _check(scores, positive)
+    return float(roc_auc_score(positive, scores))
+
+
+def heldout_accuracy(scores: np.ndarray, positive: np.ndarray, seed: int = 0) -> float:
+    """Accuracy on a held-out half of a one-feature logistic regression on the standardized score.
+
+    `scores` `(N,)`, `positive` `(N,)` bool; the halves are drawn (stratified by label) with `seed`, the
+    standardization uses the fit half only. A perfect separator gives 1.0. A constant score carries nothing: the
+    regression then predicts the fit half's majority class, so on balanced classes the accuracy is 0.5.
+    """
+    scores, positive = _check(scores, positive)
+    fit_x, test_x, fit_y, test_y = train_test_split(scores, positive, test_size=0.5, random_state=seed,
+                                                    stratify=positive)
+    mean, std = fit_x.mean(), fit_x.std()
+    std = std if std > 0 else 1.0
+    model = LogisticRegression(C=1e4).fit(((fit_x - mean) / std)[:, None], fit_y)
+    return float(model.score(((test_x - mean) / std)[:, None], test_y))
+
+
+def class_means(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class (sorted) of `labels` `(N,)`: the classes `(K,)`, the mean score `(K,)` and its standard error
+    `(K,)` (sample std / sqrt(count); 0 for a class with one member)."""
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise UserError(f"Got {scores.size} scores but {labels.size} labels; give one label per score.")
+    classes = np.unique(labels)
+    groups = [scores[labels == c] for c in classes]
+    means = np.array([g.mean() for g in groups])
+    sems = np.array([g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else 0.0 for g in groups])
+    return classes, means, sems
