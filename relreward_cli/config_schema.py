@@ -133,6 +133,7 @@ class ExtractConfig(_LoopConfig):
     sample_fraction: float = MISSING
     sample_pool: int = MISSING
     eval_t: list[int] = MISSING
+    report_t: int = MISSING
     eval_noise_samples: int = MISSING
     eval_segments: int = MISSING
     grid_resolution: float = MISSING
@@ -144,6 +145,7 @@ class ExtractConfig(_LoopConfig):
         _share(problems, self, "start_conditioned", "sample_fraction")
         problems.need(bool(self.eval_t) and min(self.eval_t) >= 0, "eval_t", self.eval_t,
                       "a non-empty list of diffusion steps >= 0")
+        problems.need(self.report_t >= 0, "report_t", self.report_t, "a diffusion step >= 0")
         problems.need(self.eval_noise_samples >= 0, "eval_noise_samples", self.eval_noise_samples, "an integer >= 0")
         problems.need(self.eval_segments >= 0, "eval_segments", self.eval_segments, "an integer >= 0")
         problems.need(self.grid_resolution > 0, "grid_resolution", self.grid_resolution, "positive (world units)")
@@ -236,8 +238,9 @@ def _combination_problems(cfg: DictConfig) -> list[str]:
                             "would never act (it stops below t_stopgrad); lower it or set steer.scale=0")
         if steer.rank_t is not None and steer.rank_t >= n_steps:
             problems.append(f"steer.rank_t={steer.rank_t}: must be below diffusion.n_steps={n_steps}")
-    if max(cfg.extract.eval_t) >= n_steps:
-        problems.append(f"extract.eval_t={list(cfg.extract.eval_t)}: every time must be below diffusion.n_steps="
+    if max(*cfg.extract.eval_t, cfg.extract.report_t) >= n_steps:
+        problems.append(f"extract.eval_t={list(cfg.extract.eval_t)}, extract.report_t={cfg.extract.report_t}: every "
+                        "time must be below diffusion.n_steps="
                         f"{n_steps}")
     if cfg.normalizer == "gaussian" and cfg.diffusion.clip_denoised:
         problems.append("normalizer=gaussian with diffusion.clip_denoised=true: clipping to [-1, 1] would cut every "

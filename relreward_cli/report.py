@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 PLANNER_COLUMNS = ("base", "guided", "ranked", "guided_ranked", "expert")  # steer-eval's planners
 REWARD_PLANNER_COLUMNS = ("guided", "ranked", "guided_ranked")
 COLUMNS: list[tuple[str, str, str]] = [
+    ("reward corr., binned (report t)", "headline/binned_pearson", "reward correlation (Pearson r)"),
+    ("reward corr., resting (report t)", "headline/pearson", "reward correlation (Pearson r)"),
+    ("accuracy (report t)", "headline/accuracy", "held-out accuracy"),
+    ("AUROC (report t)", "headline/auroc", "held-out AUROC"),
     ("reward corr. (best t)", "pearson/best", "reward correlation (Pearson r)"),
     ("reward corr. (t=0)", "pearson/t0", "reward correlation (Pearson r)"),
     *[(f"{name} score", f"{name}/score_mean", "normalized score") for name in PLANNER_COLUMNS],
@@ -51,7 +55,7 @@ COLUMNS: list[tuple[str, str, str]] = [
 # Overrides that never define a task: the seed (averaged over) and settings that do not change results.
 NOT_TASK_KEYS = ("seed", "run_root", "data_dir", "device", "threads", "base_model", "expert_model", "reward_model",
                  "pipeline_dir")  # and logger.*
-SIZE_ORDER = ("umaze", "medium", "large")
+SIZE_ORDER = ("open", "umaze", "medium", "large")
 HIDDEN = (".", "__")
 
 
@@ -222,6 +226,26 @@ def _cell(runs: list[Run], key: str) -> str:
     return f"{values[0]:.3f}" + (f" ± {sem:.3f}" if sem is not None else "")
 
 
+def _over_tasks(report: Report) -> list[list[str]]:
+    """One row per env with two or more finished tasks: for every column, mean ± s.e. over tasks of the task
+    means, then the lowest task mean (``worst ...``)."""
+    by_env: dict[str, list[list[Run]]] = defaultdict(list)
+    for runs in report.tasks.values():
+        if done := [run for run in runs if run.metrics is not None]:
+            by_env[done[0].env].append(done)
+    rows = []
+    for env, tasks in by_env.items():
+        if len(tasks) < 2:
+            continue
+        cells = []
+        for _, key, _ in report.columns:
+            means = [sum(values) / len(values) for runs in tasks
+                     if (values := [v for run in runs if (v := run.value(key)) is not None])]
+            cells.append("–" if not means else "{:.3f} ± {:.3f}, worst {:.3f}".format(*mean_sem(means), min(means)))
+        rows.append([_md_escape(env), str(len(tasks)), *cells])
+    return rows
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -253,6 +277,9 @@ def markdown(report: Report) -> str:
             per_run.append([_md_escape(task), str(run.seed), *(f"{v:.3f}" if v is not None else "–" for v in values),
                             f"`{_md_escape(str(run.path.relative_to(report.sweep)))}`"])
     lines += _table(["task", "seeds", *titles], summary)
+    if over := _over_tasks(report):
+        lines += ["", "Over the tasks of each env (e.g. a maze's goals): mean ± s.e. over tasks of the per-task means, "
+                  "and the worst task.", "", *_table(["env", "tasks", *titles], over)]
     lines += ["", "Per run:", "", *_table(["task", "seed", *titles, "folder"], per_run)]
     left_out = [run for run in report.runs if run.metrics is None]
     if left_out:
@@ -326,6 +353,49 @@ def plot_heatmap_grid(report: Report, path: Path) -> Path | None:
     return save_figure(fig, path, title_space_in=0.5)
 
 
+def plot_goal_grid(report: Report, path: Path) -> Path | None:
+    """One column per Maze2D task (e.g. each goal of a goal sweep; its first seed): the learned reward at the run's
+    report time over the maze (top: an agent resting at each point; bottom: fresh base trajectories binned by
+    position), standardized, the goal starred, the Pearson correlation with minus the maze distance in the title.
+    Read from each run's ``extract/plots/reward_maps.npz``."""
+    import numpy as np
+
+    from relreward_cli.envs.maze import MazeGeometry
+    from relreward_cli.plots import draw_maze
+
+    cells = []
+    for task, runs in report.tasks.items():
+        arrays = next((run.path / "extract" / "plots" / "reward_maps.npz" for run in runs
+                       if (run.path / "extract" / "plots" / "reward_maps.npz").is_file()), None)
+        if arrays is not None:
+            run = next(run for run in runs if run.path / "extract" / "plots" / "reward_maps.npz" == arrays)
+            cells.append((task, run, dict(np.load(arrays))))
+    if not cells:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(cells), figsize=(2.8 * len(cells), 5.6), squeeze=False)
+    for column, (task, run, maps) in enumerate(cells):
+        geometry, t = MazeGeometry.from_name(str(maps["maze"])), int(maps["report_t"])
+        layer = list(maps["t_values"]).index(t)
+        for row, (prefix, key) in enumerate((("", "headline/pearson"), ("binned_", "headline/binned_pearson"))):
+            ax, mask = axes[row][column], maps[f"{prefix}mask"]
+            learned = maps[f"{prefix}learned"][layer]
+            image = np.where(mask, (learned - np.nanmean(learned[mask])) / (np.nanstd(learned[mask]) + 1e-12), np.nan)
+            xs, ys = maps[f"{prefix}xs"], maps[f"{prefix}ys"]
+            ax.imshow(image, origin="lower", extent=(xs[0], xs[-1], ys[0], ys[-1]), cmap="viridis",
+                      interpolation="nearest")
+            draw_maze(ax, geometry)
+            ax.scatter(*maps["goal_xy"], marker="*", c="red", s=90, edgecolors="k", zorder=5)
+            value = run.value(key)
+            ax.set_title(f"{task}\n{'resting' if not prefix else 'binned'} r={value:.2f}" if value is not None
+                         else task, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{report.title}: learned reward at the report time, one column per task (standardized)")
+    return save_figure(fig, path, title_space_in=0.4)
+
+
 def fill_from_wandb(report: Report) -> str:
     """Fill runs that lack a local ``metrics.json`` from the W&B summaries of their group (the pipeline's
     ``logger.group`` or ``pipeline-<name>``). Needs credentials and network; otherwise returns why not."""
@@ -386,12 +456,14 @@ def write_report(sweep: Path, out: Path | None = None, use_wandb: bool = False) 
     out.mkdir(parents=True, exist_ok=True)
     bars = plot_bars(report, out / "report_bars.png")
     heatmaps = plot_heatmap_grid(report, out / "reward_maps_grid.png")
+    goals = plot_goal_grid(report, out / "reward_maps_by_task.png")
     text = markdown(report)
-    figures = [f"![{name}]({p.name})" for name, p in (("bars", bars), ("reward maps", heatmaps)) if p]
+    figures = [f"![{name}]({p.name})" for name, p in (("bars", bars), ("reward maps by task", goals),
+                                                         ("reward maps", heatmaps)) if p]
     if figures:
         text += "\n" + "\n\n".join(figures) + "\n"
     (out / "report.md").write_text(text)
-    return {"report": out / "report.md", "bars": bars, "heatmaps": heatmaps, "markdown": text}
+    return {"report": out / "report.md", "bars": bars, "heatmaps": heatmaps, "goals": goals, "markdown": text}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ class SmokeData:
     """The smoke datasets made by ``relreward make-dataset experiment=smoke`` (once per session)."""
 
     root: Path  # the folder the command ran in
-    data_dir: Path  # Minari root holding relreward/pointmaze-umaze/{base,expert}-v0
+    data_dir: Path  # Minari root holding relreward/pointmaze-umaze/{base,expert}-r1c1-v0 (the default goal)
     process: subprocess.CompletedProcess
 
     def overrides(self, run_root: Path) -> list[str]:

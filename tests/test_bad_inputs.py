@@ -121,12 +121,12 @@ def test_a_truncated_dataset_is_refused_by_make_dataset_and_training(cli, smoke_
 
     data = tmp_path / "data"
     shutil.copytree(smoke_data.data_dir, data)
-    (file,) = data.glob("relreward/pointmaze-umaze/base-v0/data/main_data.hdf5")
+    (file,) = data.glob("relreward/pointmaze-umaze/base-r1c1-v0/data/main_data.hdf5")
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
     common = ["experiment=smoke", f"data_dir={data}", f"run_root={tmp_path / 'runs'}", "logger.mode=disabled"]
     for stage in ("make-dataset", "train-diffusion"):
         proc = cli([stage, *common], tmp_path)
-        _assert_refused(proc, "relreward/pointmaze-umaze/base-v0 cannot be read", "overwrite=true")
+        _assert_refused(proc, "relreward/pointmaze-umaze/base-r1c1-v0 cannot be read", "overwrite=true")
         assert "status" not in proc.stdout
     proc = cli(["make-dataset", *common, "overwrite=true"], tmp_path, check=True)  # what the message says, works
     cli(["train-diffusion", *common, "train.n_steps=4"], tmp_path, check=True)

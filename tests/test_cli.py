@@ -65,8 +65,8 @@ def test_make_dataset_writes_minari_datasets_and_reuses_them(cli, smoke_data, tm
     assert summary["base/status"] == summary["expert/status"] == "written"
     assert (summary["base/steps"], summary["expert/steps"]) == (2 * 120, 3 * 60)
 
-    base = load_episodes("generated:relreward/pointmaze-umaze/base-v0", smoke_data.data_dir)
-    expert = load_episodes("generated:relreward/pointmaze-umaze/expert-v0", smoke_data.data_dir)
+    base = load_episodes("generated:relreward/pointmaze-umaze/base-r1c1-v0", smoke_data.data_dir)
+    expert = load_episodes("generated:relreward/pointmaze-umaze/expert-r1c1-v0", smoke_data.data_dir)
     assert [len(e) for e in base] == [120, 120] and [len(e) for e in expert] == [60, 60, 60]
     assert base[0].observations.shape[1] == 4 and base[0].actions.shape[1] == 2
 
@@ -78,7 +78,7 @@ def test_make_dataset_writes_minari_datasets_and_reuses_them(cli, smoke_data, tm
                    "env.generate.base.n_episodes=3", "kind=base"], tmp_path)
     assert changed.returncode == 2
     assert "overwrite=true" in changed.stderr and "Traceback" not in changed.stderr
-    assert [len(e) for e in load_episodes("generated:relreward/pointmaze-umaze/base-v0", smoke_data.data_dir)] \
+    assert [len(e) for e in load_episodes("generated:relreward/pointmaze-umaze/base-r1c1-v0", smoke_data.data_dir)] \
         == [120, 120]
 
 
@@ -109,7 +109,7 @@ def test_train_diffusion_end_to_end(cli, smoke_data, run_root):
     model = load_diffusion_model(run_dir)
     assert (model.spec.horizon, model.spec.dim, model.spec.dim_mults, model.spec.n_steps) == (8, 8, (1, 2), 5)
     assert model.info["kind"] == "expert"
-    assert model.info["sources"]["expert"] == "generated:relreward/pointmaze-umaze/expert-v0"
+    assert model.info["sources"]["expert"] == "generated:relreward/pointmaze-umaze/expert-r1c1-v0"
 
 
 def test_missing_dataset_exits_2_naming_make_dataset(cli, tmp_path):

@@ -73,7 +73,7 @@ def test_digits_pipeline_end_to_end(cli, run_root):
          "logger.mode=disabled", "threads=1"], run_root.parent, check=True)
     run_dir = run_root / "pipeline" / "smoke-digits-s0"
     summary = json.loads((run_dir / "metrics.json").read_text())
-    assert 0.0 <= summary["auroc"] <= 1.0 and 0.0 <= summary["accuracy"] <= 1.0
+    assert 0.0 <= summary["headline/auroc"] <= 1.0 and 0.0 <= summary["headline/accuracy"] <= 1.0
     assert summary["classifier/test_accuracy"] >= 0.9
     for planner in ("base", "guided", "ranked", "guided_ranked", "expert"):
         assert 0.0 <= summary[f"{planner}/expert_share"] <= 1.0

@@ -65,3 +65,39 @@ def test_segment_return_fit_recovers_a_reward_that_is_the_return(sign, expected)
     noisy = segment_return_fit(reward, base, expert, t_values=[0, 9], n_windows=64, noise_samples=4)
     assert expected * noisy.correlations[0] > 0.9  # t=0: little noise
     assert abs(noisy.correlations[1]) < abs(noisy.correlations[0]) - 0.2  # t=9: the noise hides the reward
+
+
+def _points_and_distances(maze: str, goal_cell: tuple[int, int], n: int = 20000, seed: int = 0):
+    """Uniform points in a maze's free space, with their geodesic and straight-line distances to the goal."""
+    from relreward_cli.envs.maze import MazeGeometry
+
+    geometry = MazeGeometry.from_name(maze)
+    goal_xy = geometry.cell_to_xy(np.array(goal_cell))
+    xs, ys, dist, free = geometry.distance_field(goal_xy, 0.05)
+    rng = np.random.default_rng(seed)
+    rows, cols = np.nonzero(free & np.isfinite(dist))
+    picks = rng.integers(len(rows), size=n)
+    points = np.stack([xs[cols[picks]], ys[rows[picks]]], axis=1)
+    return geometry, goal_xy, points, dist[rows[picks], cols[picks]], np.linalg.norm(points - goal_xy, axis=1)
+
+
+def test_binned_map_rewards_the_maze_distance_not_the_straight_line():
+    """U-maze, goal in the top-left dead end: a reward of minus the geodesic distance correlates > 0.99 with the
+    binned truth; minus the straight-line distance (which rates the bottom-left arm, behind the wall, as near)
+    clearly less."""
+    from relreward_cli.reward.evaluate import bin_by_position
+
+    geometry, goal_xy, points, geodesic, straight = _points_and_distances("umaze", (1, 1))
+    binned = bin_by_position(geometry, goal_xy, points, np.stack([-geodesic, -straight]), [0, 1], bin_size=0.25)
+    assert binned.correlations[0] > 0.99
+    assert binned.correlations[1] < 0.9
+    assert binned.mask.sum() > 50 and (binned.counts[binned.mask] >= 3).all()
+    assert np.isnan(binned.learned[0][~binned.mask]).all()
+
+
+def test_binned_map_leaves_out_sparse_bins():
+    from relreward_cli.reward.evaluate import bin_by_position
+
+    geometry, goal_xy, points, geodesic, _ = _points_and_distances("umaze", (1, 1), n=40)
+    binned = bin_by_position(geometry, goal_xy, points, -geodesic[None], [0], bin_size=0.25, min_count=3)
+    assert (binned.counts[binned.mask] >= 3).all() and binned.mask.sum() < (binned.counts > 0).sum()

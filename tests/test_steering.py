@@ -197,7 +197,7 @@ def test_minari_reference_scores_win_over_d4rl(smoke_data, tmp_path):
     from relreward_cli.data.sources import open_minari
 
     shutil.copytree(smoke_data.data_dir, tmp_path / "data")
-    dataset_id = "relreward/pointmaze-umaze/expert-v0"
+    dataset_id = "relreward/pointmaze-umaze/expert-r1c1-v0"
     open_minari("generated", dataset_id, tmp_path / "data").storage.update_metadata(
         {"ref_min_score": 10.0, "ref_max_score": 30.0})
     score = score_normalizer("maze2d-umaze", f"generated:{dataset_id}", tmp_path / "data")

@@ -15,7 +15,8 @@ from relreward_cli.errors import UserError
 
 MAZE_MAPS: dict[str, np.ndarray] = {
     name: np.array(layout, dtype=np.int64)
-    for name, layout in (("umaze", maps.U_MAZE), ("medium", maps.MEDIUM_MAZE), ("large", maps.LARGE_MAZE))
+    for name, layout in (("open", maps.OPEN), ("umaze", maps.U_MAZE), ("medium", maps.MEDIUM_MAZE),
+                         ("large", maps.LARGE_MAZE))
 }
 
 NEIGHBORS = ((-1, 0), (1, 0), (0, -1), (0, 1))

@@ -41,6 +41,7 @@ class EnvironmentSpec:
 
 
 ENVIRONMENTS: dict[str, EnvironmentSpec] = {
+    "maze2d_open": EnvironmentSpec("PointMaze_Open-v3", 150, maze="open", d4rl_task="maze2d-open"),
     "maze2d_umaze": EnvironmentSpec("PointMaze_UMaze-v3", 300, maze="umaze", d4rl_task="maze2d-umaze"),
     "maze2d_medium": EnvironmentSpec("PointMaze_Medium-v3", 600, maze="medium", d4rl_task="maze2d-medium"),
     "maze2d_large": EnvironmentSpec("PointMaze_Large-v3", 800, maze="large", d4rl_task="maze2d-large"),

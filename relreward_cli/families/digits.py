@@ -147,22 +147,23 @@ class DigitsFamily(EnvFamily):
                            tracker: RunTracker) -> dict:
         """On held-out test images: AUROC and held-out accuracy (a one-feature logistic regression fit on half,
         scored on the other half) of the reward separating the expert's digits from the rest, at every diffusion
-        time of ``extract.eval_t`` and, as the headline, at ``env.report_t`` (fixed in the config); the mean
+        time of ``extract.eval_t`` and, as the headline, at ``extract.report_t`` (fixed in the config); the mean
         reward per digit; the test images of highest and lowest reward."""
         ec, split, expert = cfg.extract, self.split(cfg), self.expert_classes(cfg)
         x0 = torch.as_tensor(reward.normalizer.normalize(split.test_images), dtype=torch.float32)
         positive = np.isin(split.test_labels, expert)
         metrics, values = {}, {}
-        for t in sorted({*ec.eval_t, cfg.env.report_t}):
+        for t in sorted({*ec.eval_t, ec.report_t}):
             values[t] = noised_reward(reward, x0, t, ec.eval_noise_samples, cfg.seed)
             metrics[f"auroc/t{t}"] = auroc(values[t], positive)
             metrics[f"accuracy/t{t}"] = heldout_accuracy(values[t], positive, cfg.seed)
-        t = cfg.env.report_t
-        metrics |= {"auroc": metrics[f"auroc/t{t}"], "accuracy": metrics[f"accuracy/t{t}"], "report_t": t}
+        t = ec.report_t
+        metrics |= {"headline/auroc": metrics[f"auroc/t{t}"], "headline/accuracy": metrics[f"accuracy/t{t}"],
+                    "report_t": t}
         classes, means, sems = class_means(values[t], split.test_labels)
         paths = {"class_rewards": plot_class_rewards(
             classes, means, sems, set(expert), tracker.plots_dir / "class_rewards.png",
-            f"mean reward of test images per digit (t={t}); AUROC {metrics['auroc']:.3f}")}
+            f"mean reward of test images per digit (t={t}); AUROC {metrics['headline/auroc']:.3f}")}
         order = np.argsort(values[t])
         ends = {"highest reward": order[::-1][:10], "lowest reward": order[:10]}
         paths["reward_extremes"] = plot_image_grid(
@@ -229,14 +230,16 @@ class DigitsFamily(EnvFamily):
         return model.normalizer.unnormalize(x.cpu().numpy())
 
     def summary_for_pipeline(self, metrics: dict) -> dict:
-        kept = ("auroc", "accuracy", "report_t", "classifier/test_accuracy", "samples/expert_share")
-        return {key: value for key, value in metrics.items() if key in kept or key.endswith("/expert_share")}
+        kept = ("report_t", "classifier/test_accuracy", "samples/expert_share")
+        return {key: value for key, value in metrics.items()
+                if key in kept or key.startswith("headline/") or key.endswith("/expert_share")}
 
     def headline(self, summary: dict) -> str | None:
-        if "auroc" not in summary:
+        if "headline/auroc" not in summary:
             return None
         line = (f"Held-out test digits: the reward separates the expert's digits from the rest with AUROC "
-                f"{summary['auroc']:.3f} (accuracy {summary['accuracy']:.3f}) at t={summary['report_t']}.")
+                f"{summary['headline/auroc']:.3f} (accuracy {summary['headline/accuracy']:.3f}) at "
+                f"t={summary['report_t']}.")
         if "guided/expert_share" in summary and "base/expert_share" in summary:
             line += (f"\nSteering: expert-digit share of base samples {summary['base/expert_share']:.1%} unguided, "
                      f"{summary['guided/expert_share']:.1%} guided.")

@@ -18,7 +18,7 @@ from relreward_cli.data.generate_maze import (
     write_minari_dataset,
 )
 from relreward_cli.data.pairs import SegmentPair
-from relreward_cli.data.sources import split_source
+from relreward_cli.data.sources import Episode, split_source
 from relreward_cli.diffusion.artifact import TrainedDiffusion
 from relreward_cli.envs.maze import MazeGeometry
 from relreward_cli.envs.registry import make_maze_env
@@ -27,10 +27,19 @@ from relreward_cli.families.trajectory import TrajectoryFamily, dataset_up_to_da
 from relreward_cli.planning.maze_plans import plan_quality, random_free_positions, sample_maze_plans
 from relreward_cli.planning.rollout import PlanFollower, PlannedActions, Rollouts, WaypointTracker
 from relreward_cli.plots import plot_maze_paths, plot_maze_plans, plot_reward_maps
-from relreward_cli.reward.evaluate import maze_reward_map
+from relreward_cli.reward.classification import auroc, heldout_accuracy
+from relreward_cli.reward.evaluate import (
+    bin_by_position,
+    episode_windows,
+    maze_reward_map,
+    noised_reward,
+    window_positions,
+)
 from relreward_cli.reward.trainer import TrainedReward
 from relreward_cli.stages.common import data_root
 from relreward_cli.tracking import RunTracker
+
+MAP_ARRAYS = "reward_maps.npz"  # extract's plots/: the maps' arrays, for `relreward report`'s grid over goals
 
 
 def maze_goal(cfg: DictConfig) -> tuple[MazeGeometry, np.ndarray]:
@@ -99,21 +108,67 @@ class Maze2DFamily(TrajectoryFamily):
 
     def reward_diagnostics(self, cfg: DictConfig, reward: TrainedReward, data: SegmentPair,
                            tracker: RunTracker) -> dict:
-        """The segment-return fit, and the reward of an agent resting at each point of the maze against minus the
-        maze (geodesic) distance to the goal, per diffusion time of ``extract.eval_t``."""
+        """Three views of the reward against minus the maze (geodesic) distance to the goal, at every diffusion time
+        of ``extract.eval_t``, and the headline at ``extract.report_t`` (fixed in the config):
+
+        - ``binned_pearson``: the reward of windows of fresh base episodes (never trained on) averaged per position
+          bin, correlated with the bins' distance to the goal (the authors' evaluation);
+        - ``accuracy`` / ``auroc``: a one-feature logistic regression on the reward separating fresh expert windows
+          from fresh base windows (fit on one half, scored on the other), and the AUROC;
+        - ``pearson``: the reward of an agent resting at each point of a fine grid (the resting-segment map);
+
+        plus the segment-return fit of the trajectory families."""
         metrics = super().reward_diagnostics(cfg, reward, data, tracker)
         geometry, goal_xy = maze_goal(cfg)
-        ec = cfg.extract
-        reward_map = maze_reward_map(reward, geometry, goal_xy, list(ec.eval_t), ec.grid_resolution,
-                                     ec.eval_noise_samples)
-        path = plot_reward_maps(geometry, reward_map.xs, reward_map.ys, reward_map.learned, reward_map.truth,
-                                reward_map.free_mask, reward_map.t_values, reward_map.correlations, goal_xy,
-                                tracker.plots_dir / "reward_maps.png")
-        tracker.log_image("reward_maps", path)
-        best_t, best = reward_map.best
-        return metrics | {**{f"pearson/t{t}": rho for t, rho in zip(reward_map.t_values, reward_map.correlations,
-                                                                        strict=True)},
-                          "pearson/best": best, "pearson/best_t": best_t, "heatmap": str(path)}
+        ec, t_values = cfg.extract, sorted({*cfg.extract.eval_t, cfg.extract.report_t})
+        resting = maze_reward_map(reward, geometry, goal_xy, t_values, ec.grid_resolution, ec.eval_noise_samples)
+        windows, positive = self.heldout_windows(cfg, reward)
+        x0 = torch.as_tensor(reward.normalizer.normalize(windows), dtype=torch.float32)
+        values = np.stack([noised_reward(reward, x0, t, ec.eval_noise_samples, cfg.seed) for t in t_values])
+        base_rows = ~positive
+        binned = bin_by_position(geometry, goal_xy, window_positions(windows[base_rows], reward.spec.action_dim),
+                                 values[:, base_rows], t_values, cfg.env.evaluate.bin_size)
+        paths = {
+            "heatmap": plot_reward_maps(geometry, resting.xs, resting.ys, resting.learned, resting.truth,
+                                        resting.free_mask, resting.t_values, resting.correlations, goal_xy,
+                                        tracker.plots_dir / "reward_maps.png"),
+            "binned_heatmap": plot_reward_maps(geometry, binned.xs, binned.ys, binned.learned, binned.truth,
+                                               binned.mask, binned.t_values, binned.correlations, goal_xy,
+                                               tracker.plots_dir / "binned_reward_maps.png"),
+        }
+        for key, path in paths.items():
+            tracker.log_image(key, path)
+        np.savez_compressed(tracker.plots_dir / MAP_ARRAYS, maze=cfg.env.maze, goal_xy=goal_xy, t_values=t_values,
+                            xs=resting.xs, ys=resting.ys, learned=resting.learned, mask=resting.free_mask,
+                            binned_xs=binned.xs, binned_ys=binned.ys, binned_learned=binned.learned,
+                            binned_mask=binned.mask, report_t=ec.report_t)
+        for t, row, rho, rho_binned in zip(t_values, values, resting.correlations, binned.correlations, strict=True):
+            metrics |= {f"pearson/t{t}": rho, f"binned_pearson/t{t}": rho_binned,
+                        f"accuracy/t{t}": heldout_accuracy(row, positive, cfg.seed),
+                        f"auroc/t{t}": auroc(row, positive)}
+        t = ec.report_t
+        best_t, best = resting.best
+        return metrics | {
+            "report_t": t, "headline/binned_pearson": metrics[f"binned_pearson/t{t}"],
+            "headline/accuracy": metrics[f"accuracy/t{t}"], "headline/pearson": metrics[f"pearson/t{t}"],
+            "pearson/best": best, "pearson/best_t": best_t, "binned_bins": int(binned.mask.sum()),
+            **{key: str(path) for key, path in paths.items()}}
+
+    def heldout_windows(self, cfg: DictConfig, reward: TrainedReward) -> tuple[np.ndarray, np.ndarray]:
+        """Raw windows ``(N, horizon, transition_dim)`` of fresh base and expert episodes (generated here with the
+        dataset recipe and seeds never used for training data: ``env.generate.seed + 1000``), and which are the
+        expert's ``(N,)``: ``env.evaluate.windows`` of each."""
+        gen, ev, spec = cfg.env.generate, cfg.env.evaluate, reward.spec
+        windows = []
+        for offset, kind in enumerate(("base", "expert")):
+            settings = Maze2DGeneration(maze=cfg.env.maze, kind=kind, n_episodes=ev[kind].n_episodes,
+                                        episode_steps=ev[kind].episode_steps, goal_cell=tuple(cfg.env.goal_cell),
+                                        action_noise=gen.action_noise, seed=gen.seed + 1000 + offset)
+            episodes = [Episode(e["observations"], e["actions"], e["rewards"], e["terminations"], e["truncations"])
+                        for e in generate_maze2d_episodes(settings, progress=False)]
+            windows.append(episode_windows(episodes, spec.horizon, spec.use_actions, ev.windows,
+                                           cfg.seed + offset)[0])
+        return np.concatenate(windows), np.repeat([False, True], [len(w) for w in windows])
 
     def plan_follower(self, cfg: DictConfig, model: TrainedDiffusion) -> PlanFollower:
         """The planned actions when the model plans them, else a PD controller tracking the planned states."""
@@ -132,13 +187,15 @@ class Maze2DFamily(TrajectoryFamily):
         return {"paths_plot": plot_maze_paths(geometry, executed, goal_xy, tracker.plots_dir / "paths.png")}
 
     def headline(self, summary: dict) -> str | None:
-        if "pearson/best" not in summary:
+        if "headline/binned_pearson" not in summary:
             return None
         per_t = ", ".join(f"t={key.removeprefix('pearson/t')}: {value:.3f}" for key, value in summary.items()
                           if key.startswith("pearson/t"))
-        return (f"Learned reward vs ground truth (negative geodesic distance to the goal): Pearson "
-                f"{summary['pearson/best']:.3f} at t={summary['pearson/best_t']} ({per_t}).\n"
-                f"Heatmap: {summary['heatmap']}")
+        return (f"Learned reward vs ground truth (negative geodesic distance to the goal) at t={summary['report_t']} "
+                f"(fixed in the config): fresh base trajectories binned by position, Pearson "
+                f"{summary['headline/binned_pearson']:.3f}; expert vs base windows, held-out accuracy "
+                f"{summary['headline/accuracy']:.3f}; resting-segment map, Pearson {summary['headline/pearson']:.3f} "
+                f"({per_t}).\nHeatmaps: {summary['heatmap']}, {summary['binned_heatmap']}")
 
 
 FAMILY = Maze2DFamily

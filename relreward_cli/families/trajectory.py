@@ -179,5 +179,6 @@ class TrajectoryFamily(EnvFamily):
 
     def summary_for_pipeline(self, metrics: dict) -> dict:
         return {key: value for key, value in metrics.items()
-                if key.startswith(("pearson/", "segment_pearson/best", "plans/")) or key == "heatmap"
+                if key.startswith(("pearson/", "binned_pearson/", "accuracy/", "headline/", "segment_pearson/best",
+                                   "plans/")) or key in ("heatmap", "binned_heatmap", "report_t")
                 or key.endswith(("score_mean", "success_rate"))}

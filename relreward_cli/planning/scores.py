@@ -13,6 +13,7 @@ from relreward_cli.data.sources import open_minari, split_source
 
 # Published D4RL reference returns (random, expert) per task (d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE).
 D4RL_REFERENCE_RETURNS: dict[str, tuple[float, float]] = {
+    "maze2d-open": (0.01, 20.66),
     "maze2d-umaze": (23.85, 161.86),
     "maze2d-medium": (13.13, 277.39),
     "maze2d-large": (6.7, 273.99),

@@ -158,3 +158,51 @@ def maze_reward_map(reward: TrainedReward, geometry: MazeGeometry, goal_xy: np.n
     truth = np.where(mask, -dist, np.nan)
     correlations = [pearson(layer[mask], truth[mask]) for layer in learned]
     return RewardMap(xs, ys, learned, truth, mask, [int(t) for t in t_values], correlations)
+
+
+@dataclass
+class BinnedRewardMap:
+    """The learned reward of trajectory windows averaged per position bin, next to the ground truth at the bin
+    centres (the authors' evaluation). ``xs`` ``(nx,)``, ``ys`` ``(ny,)`` bin centres (world units); ``learned``
+    ``(len(t_values), ny, nx)`` mean reward of the windows whose mean position falls in the bin (NaN where fewer
+    than ``min_count``); ``truth`` ``(ny, nx)`` negative maze-geodesic distance to the goal; ``mask`` ``(ny, nx)``
+    the bins holding enough windows; ``counts`` ``(ny, nx)`` windows per bin; ``correlations`` Pearson of each
+    ``learned[i][mask]`` with ``truth[mask]``."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    learned: np.ndarray
+    truth: np.ndarray
+    mask: np.ndarray
+    counts: np.ndarray
+    t_values: list[int]
+    correlations: list[float]
+
+
+def bin_by_position(geometry: MazeGeometry, goal_xy: np.ndarray, positions: np.ndarray, values: np.ndarray,
+                    t_values: Sequence[int], bin_size: float = 0.25, min_count: int = 3) -> BinnedRewardMap:
+    """Average ``values`` ``(len(t_values), N)`` (one reward per window and diffusion time) over square bins of
+    ``bin_size`` world units by the windows' ``positions`` ``(N, 2)`` (x, y), and correlate the bin means with the
+    negative geodesic distance from each bin centre to ``goal_xy``. Bins tile the maze's bounds, so with a bin size
+    that divides the cell size no bin straddles a wall."""
+    xs, ys, dist, free = geometry.distance_field(np.asarray(goal_xy, dtype=np.float64), bin_size)
+    xmin, _, ymin, _ = geometry.bounds()
+    dx, dy = xs[1] - xs[0], ys[1] - ys[0]
+    col = np.clip(np.floor((positions[:, 0] - xmin) / dx).astype(int), 0, len(xs) - 1)
+    row = np.clip(np.floor((positions[:, 1] - ymin) / dy).astype(int), 0, len(ys) - 1)
+    flat = row * len(xs) + col
+    counts = np.bincount(flat, minlength=len(xs) * len(ys)).reshape(len(ys), len(xs))
+    mask = (counts >= min_count) & free & np.isfinite(dist)
+    learned = np.full((len(t_values), len(ys), len(xs)), np.nan)
+    for layer, row_values in zip(learned, np.atleast_2d(values), strict=True):
+        sums = np.bincount(flat, weights=row_values, minlength=len(xs) * len(ys)).reshape(len(ys), len(xs))
+        layer[mask] = sums[mask] / counts[mask]
+    truth = np.where(mask, -dist, np.nan)
+    correlations = [pearson(layer[mask], truth[mask]) for layer in learned]
+    return BinnedRewardMap(xs, ys, learned, truth, mask, counts, [int(t) for t in t_values], correlations)
+
+
+def window_positions(windows: np.ndarray, action_dim: int) -> np.ndarray:
+    """Mean (x, y) ``(N, 2)`` over the steps of raw Maze2D windows ``(N, H, transition_dim)`` (observations
+    start at ``action_dim``, x and y first)."""
+    return windows[:, :, action_dim:action_dim + 2].mean(axis=1)

@@ -17,8 +17,8 @@ from relreward_cli.training import seed_everything
 
 # Extraction settings that do not shape the reward: saving, logging, how it is evaluated, and n_steps (see
 # train_diffusion.RESULT_NEUTRAL_TRAIN_KEYS).
-RESULT_NEUTRAL_EXTRACT_KEYS = ("n_steps", "save_every", "log_every", "eval_t", "eval_noise_samples", "eval_segments",
-                               "grid_resolution")
+RESULT_NEUTRAL_EXTRACT_KEYS = ("n_steps", "save_every", "log_every", "eval_t", "report_t", "eval_noise_samples",
+                               "eval_segments", "grid_resolution")
 
 
 def made_from(cfg: DictConfig, base_model: Path, expert_model: Path) -> dict:
@@ -40,8 +40,9 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
-    if max(cfg.extract.eval_t) >= base.spec.n_steps:
-        raise UserError(f"extract.eval_t={list(cfg.extract.eval_t)}: the models have {base.spec.n_steps} diffusion "
+    if max(*cfg.extract.eval_t, cfg.extract.report_t) >= base.spec.n_steps:
+        raise UserError(f"extract.eval_t={list(cfg.extract.eval_t)}, extract.report_t={cfg.extract.report_t}: the "
+                        f"models have {base.spec.n_steps} diffusion "
                         f"steps, so every time must be below {base.spec.n_steps}. Nothing was run.")
     domain = families.of(cfg)
     domain.check_config(cfg)
