@@ -175,7 +175,7 @@ def plot_image_grid(rows: dict[str, np.ndarray], path: Path, title: str,
     """One row of small grey images per named entry (each ``(n, 8, 8)`` raw pixels in [0, 16]), the name as the
     row's label and an optional caption under each image (e.g. its reward)."""
     n_cols = max(1, max((len(images) for images in rows.values()), default=1))
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.9 * n_cols + 1.2, 1.1 * len(rows) + 0.4),
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.9 * n_cols + 1.2, 1.35 * len(rows) + 0.4),
                              squeeze=False)
     for row_axes, (name, images) in zip(axes, rows.items(), strict=True):
         row_captions = (captions or {}).get(name, [])

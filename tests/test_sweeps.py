@@ -342,3 +342,36 @@ def test_a_job_failing_inside_the_sweep_is_told_with_its_reason_and_log(cli, tmp
     assert reason.startswith("Minari dataset 'relreward/pointmaze-umaze/") and "is not in the Minari root" in reason
     assert not list(sweep_dir.glob("*/model.pt"))
     assert f"| failed: {reason[:60]}" in write_report(sweep_dir)["markdown"]
+
+
+def test_report_of_a_goal_sweep_gives_mean_and_worst_goal_and_one_figure_of_every_goal(tmp_path):
+    import numpy as np
+    import yaml
+
+    from relreward_cli.envs.maze import MazeGeometry
+
+    geometry = MazeGeometry.from_name("umaze")
+    values = {"[1,1]": [0.9, 0.8], "[3,1]": [0.6], "[1,3]": [0.7]}
+    for goal, per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            run = tmp_path / f"env.goal_cell={goal},env=maze2d_umaze,seed={seed}"
+            (run / ".hydra").mkdir(parents=True)
+            (run / ".hydra" / "overrides.yaml").write_text(
+                yaml.safe_dump([f"env.goal_cell={goal}", "env=maze2d_umaze", f"seed={seed}"]))
+            (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "maze2d_umaze"}, "seed": seed}))
+            (run / "metrics.json").write_text(json.dumps({"headline/binned_pearson": value, "headline/pearson": 0.9,
+                                                          "headline/accuracy": 0.8}))
+            plots = run / "extract" / "plots"
+            plots.mkdir(parents=True)
+            xs = ys = np.linspace(-2.4, 2.4, 20)
+            maps = np.random.default_rng(seed).normal(size=(2, 20, 20))
+            np.savez_compressed(plots / "reward_maps.npz", maze="umaze", goal_xy=geometry.cell_to_xy(np.array(
+                yaml.safe_load(goal))), t_values=[0, 10], xs=xs, ys=ys, learned=maps, mask=np.ones((20, 20), bool),
+                binned_xs=xs, binned_ys=ys, binned_learned=maps, binned_mask=np.ones((20, 20), bool), report_t=10)
+    written = write_report(tmp_path)
+    text = written["markdown"]
+    assert_valid_markdown_tables(text)
+    over = text.split("Over the tasks")[1].split("Per run:")[0]
+    # task means 0.85, 0.6, 0.7: mean 0.717, s.e. 0.073, worst 0.6
+    assert "| maze2d_umaze | 3 | 0.717 ± 0.073, worst 0.600 |" in over
+    assert written["goals"].is_file() and "reward_maps_by_task.png" in text
