@@ -73,6 +73,18 @@ class ModelConfig(_Checked):
 
 
 @dataclass
+class RewardConfig(ModelConfig):
+    """`reward`: the reward network's architecture (see `relreward_cli.models.networks`) and sizes."""
+
+    architecture: str = MISSING
+
+    def check(self, problems: _Problems) -> None:
+        super().check(problems)
+        problems.need(self.architecture in ("default", "per_step"), "architecture", self.architecture,
+                      "default or per_step")
+
+
+@dataclass
 class DiffusionConfig(_Checked):
     n_steps: int = MISSING
     schedule: str = MISSING
@@ -175,7 +187,7 @@ class SteerConfig(_Checked):
     n_plot_paths: int = MISSING
 
     def check(self, problems: _Problems) -> None:
-        from relreward_cli.stages.steer_eval import PLANNERS
+        from relreward_cli.planning.evaluation import PLANNERS
 
         problems.need(bool(self.planners) and set(self.planners) <= set(PLANNERS), "planners", self.planners,
                       f"a non-empty list of {', '.join(PLANNERS)}")
@@ -198,7 +210,7 @@ class SteerConfig(_Checked):
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
               "int | None": "an integer or null", "float | None": "a number or null", "list[int]": "a list of integers",
               "list[str]": "a list of names", "dict[str, float]": "a mapping of names to numbers"}
-SECTIONS: dict[str, type] = {"model": ModelConfig, "reward": ModelConfig, "diffusion": DiffusionConfig,
+SECTIONS: dict[str, type] = {"model": ModelConfig, "reward": RewardConfig, "diffusion": DiffusionConfig,
                              "train": TrainConfig, "extract": ExtractConfig, "steer": SteerConfig}
 
 

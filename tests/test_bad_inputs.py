@@ -101,7 +101,7 @@ def test_steer_eval_refuses_models_of_another_env_before_any_rollout(cli, traine
 def test_data_of_another_env_is_refused_before_training(cli, smoke_data, tmp_path):
     maze = "generated:relreward/pointmaze-umaze"
     proc = cli(["train-diffusion", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled", "env=halfcheetah",
-                f"env.base_data={maze}/base-v0", f"env.expert_data={maze}/expert-v0", "horizon=8"], tmp_path)
+                f"env.base_data={maze}/base-r1c1-v0", f"env.expert_data={maze}/expert-r1c1-v0", "horizon=8"], tmp_path)
     _assert_refused(proc, "observations of size 4 and actions of size 2, but env=halfcheetah has 17 and 6",
                     "Nothing was trained")
     assert not list((tmp_path / "runs").rglob("checkpoint.pt"))
@@ -172,8 +172,9 @@ def test_a_full_or_read_only_disk_is_one_paragraph_and_the_run_resumes_afterward
 
 def test_a_goal_the_expert_data_were_not_made_for_is_refused_before_work(cli, trained, tmp_path):
     """The smoke data's expert went to cell (1, 1): scoring the reward against another goal would be meaningless."""
-    proc = cli(["extract", *trained["common"], "env.goal_cell=[3,1]", f"hydra.run.dir={tmp_path / 'x'}"],
-               trained["root"])
+    default_goal_data = "env.expert_data=generated:relreward/pointmaze-umaze/expert-r1c1-v0"  # named explicitly
+    proc = cli(["extract", *trained["common"], "env.goal_cell=[3,1]", default_goal_data,
+                f"hydra.run.dir={tmp_path / 'x'}"], trained["root"])
     _assert_refused(proc, "env.goal_cell=[3, 1], but the expert data", "were made for the goal [1, 1]",
                     "env.goal_cell=[1, 1]")
     assert not (tmp_path / "x" / "reward.pt").exists() and not (tmp_path / "x" / "checkpoint.pt").exists()
@@ -183,7 +184,8 @@ def test_pipeline_settings_that_cannot_work_together_are_refused_before_any_work
     proc = cli(["pipeline", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled", "pipeline.steer=true",
                 "steer.replan_every=8", "diffusion.n_steps=2", "steer.t_stopgrad=2"], tmp_path)
     _assert_refused(proc, "steer.replan_every=8 with horizon=8", "steer.t_stopgrad=2 with diffusion.n_steps=2",
-                    "extract.eval_t=[0, 2]: every time must be below diffusion.n_steps=2", "nothing was run")
+                    "extract.eval_t=[0, 2], extract.report_t=2: every time must be below diffusion.n_steps=2",
+                    "nothing was run")
     assert not list((tmp_path / "runs").rglob("*.pt"))
 
 

@@ -170,3 +170,25 @@ def test_batch_helpers():
     other = GaussianMixtureModel(NoiseSchedule(N_STEPS, "linear"), torch.zeros(1, HORIZON, TRANSITION_DIM))
     with pytest.raises(UserError, match="different noise schedules"):
         score_difference(GaussianMixtureModel(schedule, other.means), other, x_t, t)
+
+
+def test_per_step_reward_is_a_mean_over_steps_and_differentiable_twice():
+    """reward.architecture=per_step: r(x) is the mean of one MLP over the steps, so permuting the steps leaves it
+    unchanged and its gradient at a step depends on that step alone; the extraction's double backward is finite."""
+    from relreward_cli.models.networks import reward_network
+    from relreward_cli.models.reward_net import StepRewardNet
+
+    assert reward_network("temporal", "per_step") is StepRewardNet
+    net = reward_network("temporal", "per_step")(8, 4, dim=8, dim_mults=(1, 2))
+    x, t = torch.randn(3, 8, 4, requires_grad=True), torch.tensor([0, 3, 7])
+    value = net(x, t)
+    assert torch.allclose(value, net(x[:, torch.randperm(8)], t), atol=1e-6)
+    (grad,) = torch.autograd.grad(value.sum(), x, create_graph=True)
+    moved = x.detach().clone()
+    moved[:, 5] += 1.0
+    (grad_moved,) = torch.autograd.grad(net(moved.requires_grad_(), t).sum(), moved)
+    assert torch.allclose(grad[:, :5], grad_moved[:, :5], atol=1e-6)  # other steps' gradients unchanged
+    grad.pow(2).sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
+    with pytest.raises(UserError, match="per_step"):
+        reward_network("image", "per_step")

@@ -79,7 +79,9 @@ def test_reward_checkpoint_round_trip(pipeline_run):
     reward = load_reward_model(extract_dir)
     trained = load_checkpoint(extract_dir / "checkpoint.pt", kind="reward")  # the loop's final state
     assert trained["step"] == 20
-    net = RewardNet(reward.spec.horizon, reward.spec.transition_dim, **trained["architecture"])
+    architecture = dict(trained["architecture"])
+    assert architecture.pop("kind") == "default"
+    net = RewardNet(reward.spec.horizon, reward.spec.transition_dim, **architecture)
     net.load_state_dict(trained["model"])
     net.eval()
 

@@ -69,7 +69,8 @@ def test_report_of_the_sweep(sweep, tmp_path, capsys):
     mean, sem = mean_sem(values)
     row = next(line for line in text.splitlines() if line.startswith("| maze2d_umaze | 2 (0,1)"))
     assert f"{mean:.3f} ± {sem:.3f}" in row
-    assert "| task | seeds | reward corr. (best t)" in text
+    assert text.count("| task | seeds | reward corr., binned (report t) | reward corr., resting (report t) |") == 1
+    assert "Over the tasks" not in text  # one task: nothing to summarize over tasks
 
 
 def test_report_refuses_a_folder_without_runs(tmp_path, capsys):

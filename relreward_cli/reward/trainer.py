@@ -19,7 +19,7 @@ from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion, ch
 from relreward_cli.diffusion.gaussian import apply_conditioning
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
-from relreward_cli.models.networks import networks
+from relreward_cli.models.networks import reward_network
 from relreward_cli.reward.extraction import TARGETS, extraction_loss, loss_by_t_band, noised_batch
 from relreward_cli.training import TrainResult, adam, load_checkpoint, save_checkpoint, train_loop
 
@@ -54,7 +54,9 @@ def load_reward_model(path: Path, device: str | torch.device = "cpu") -> Trained
                         "first, or pass the run folder of a finished extraction.")
     payload = load_checkpoint(file, kind="reward-model", map_location=device)
     spec = DiffusionSpec.from_dict(payload["spec"])
-    net = networks(spec.network)[1](spec.horizon, spec.transition_dim, **payload["architecture"]).to(device)
+    architecture = dict(payload["architecture"])
+    cls = reward_network(spec.network, architecture.pop("kind", "default"))
+    net = cls(spec.horizon, spec.transition_dim, **architecture).to(device)
     net.load_state_dict(payload["weights"])
     net.eval().requires_grad_(False)
     return TrainedReward(net, spec, Normalizer.from_state_dict(payload["normalizer"]),
@@ -66,10 +68,12 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
                  dim: int, dim_mults: tuple[int, ...], n_steps: int, batch_size: int, lr: float,
                  grad_clip: float, save_every: int, log_every: int, generator: torch.Generator,
                  device: torch.device, info: dict[str, Any], sample_fraction: float = 0.0, sample_pool: int = 512,
-                 target: str = "score", start_conditioned: float = 0.0,
+                 target: str = "score", start_conditioned: float = 0.0, architecture: str = "default",
                  on_log=None, on_resume=None) -> tuple[TrainedReward, TrainResult]:
     """Fit ``r_phi`` so that ``sigma_t grad_x r_phi(x_t, t) = -(eps_expert - eps_base)(x_t, t)`` (``target="score"``)
     or to the posterior-mean difference of the authors' code (``"posterior_mean"``; see ``reward.extraction``).
+    ``architecture``: the reward net (``default``: the model network's own, e.g. Diffuser's value-function shape;
+    ``per_step``: the mean of a per-step MLP, see ``relreward_cli.models.networks``).
 
     ``x_t`` are clean segments noised at uniform ``t``: a ``sample_fraction`` of each batch comes from a pool
     of ``sample_pool`` DDPM samples of each model (drawn once, seeded), the rest half from the base and half
@@ -84,8 +88,9 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     if not 0.0 <= start_conditioned <= 1.0:
         raise UserError(f"extract.start_conditioned={start_conditioned} must be a share of the batch in [0, 1].")
     run_dir = Path(run_dir)
-    architecture = {"dim": dim, "dim_mults": tuple(dim_mults)}
-    net = networks(base.spec.network)[1](base.spec.horizon, base.spec.transition_dim, **architecture).to(device)
+
+    net = reward_network(base.spec.network, architecture)(base.spec.horizon, base.spec.transition_dim, dim=dim,
+                                                            dim_mults=tuple(dim_mults)).to(device)
     optimizer = adam(net.parameters(), lr=lr)
     base_data, expert_data = segments.base.to(device), segments.expert.to(device)
     schedule = base.diffusion.schedule
@@ -111,7 +116,9 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
                                            weights if any_conditioned else None)
         return loss, loss_by_t_band(per_sample, t, schedule.n_steps)
 
-    extra = {"spec": asdict(base.spec), "architecture": architecture, "sample_fraction": sample_fraction,
+    extra = {"spec": asdict(base.spec),
+             "architecture": {"kind": architecture, "dim": dim, "dim_mults": tuple(dim_mults)},
+             "sample_fraction": sample_fraction,
              "target": target, "start_conditioned": start_conditioned,
              "normalizer": base.normalizer.state_dict(),
              "info": {**info, "base_model": str(base.path), "expert_model": str(expert.path)}}

@@ -58,7 +58,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
             save_every=ec.save_every, log_every=ec.log_every, generator=generator, device=device,
             info={"env": cfg.env.name, "sources": base.info["sources"], "seed": cfg.seed},
             sample_fraction=ec.sample_fraction, sample_pool=ec.sample_pool, target=ec.target,
-            start_conditioned=ec.start_conditioned,
+            start_conditioned=ec.start_conditioned, architecture=cfg.reward.architecture,
             on_log=log_to(tracker, "extract"), on_resume=tracker.rewind)
         metrics = {"target": ec.target, "start_conditioned": ec.start_conditioned, "steps": result.step,
                    "final_loss": result.final_loss,
