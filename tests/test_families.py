@@ -98,3 +98,14 @@ def test_pretrained_pair_has_nothing_to_train(cli, run_root):
                run_root.parent)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no diffusion model to train" in proc.stderr
+
+
+def test_digits_model_of_another_split_is_not_reused(cli, run_root):
+    """The train / test split decides which images a model saw: a run folder trained on one split is refused for
+    another (its test images could be training images), naming the difference."""
+    args = ["train-diffusion", "env=digits", "experiment=smoke", "kind=base", f"run_root={run_root}",
+            "logger.mode=disabled", "threads=1"]
+    cli(args, run_root.parent, check=True)
+    proc = cli([*args, "env.split_seed=1"], run_root.parent)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "data_settings.split_seed: 0 -> 1" in proc.stderr and "overwrite=true" in proc.stderr

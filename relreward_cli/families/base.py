@@ -46,6 +46,11 @@ class EnvFamily(ABC):
     def make_datasets(self, cfg: DictConfig, kinds: tuple[str, ...], overwrite: bool) -> dict[str, dict]:
         """Write the datasets of ``kinds`` unless identical ones exist; per dataset: id, size, seconds, status."""
 
+    def data_settings(self, cfg: DictConfig) -> dict:
+        """Settings beyond the dataset files that decide which samples a model trains on and a reward is evaluated on
+        (e.g. a train / test split), for the provenance of both. Default: none."""
+        return {}
+
     @abstractmethod
     def dataset_inputs(self, cfg: DictConfig) -> dict[str, Path]:
         """The files the base and expert data are read from, whose digests a run's provenance records."""

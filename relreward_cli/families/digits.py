@@ -112,6 +112,9 @@ class DigitsFamily(EnvFamily):
                 for kind, classes in (("base", digit_classes(cfg.env.base_data)),
                                       ("expert", self.expert_classes(cfg)))}
 
+    def data_settings(self, cfg: DictConfig) -> dict:
+        return {"test_fraction": float(cfg.env.test_fraction), "split_seed": int(cfg.env.split_seed)}
+
     def dataset_inputs(self, cfg: DictConfig) -> dict[str, Path]:
         return {"digits_data": digits_data_file()}
 

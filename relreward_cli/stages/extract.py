@@ -26,6 +26,8 @@ def made_from(cfg: DictConfig, base_model: Path, expert_model: Path) -> dict:
     datasets."""
     extract_keys = tuple(key for key in cfg.extract if key not in RESULT_NEUTRAL_EXTRACT_KEYS)
     settings = config_subset(cfg, {"seed": (), "reward": (), "extract": extract_keys})
+    data_settings = families.of(cfg).data_settings(cfg)
+    settings |= {"data_settings": data_settings} if data_settings else {}
     return provenance.record({"stage": "extract", "env": cfg.env.name, **settings},
                              {"base_model": model_file(base_model), "expert_model": model_file(expert_model),
                               **families.of(cfg).dataset_inputs(cfg)})

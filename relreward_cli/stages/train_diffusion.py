@@ -25,6 +25,8 @@ def made_from(cfg: DictConfig, kind: str) -> dict:
     train_keys = tuple(key for key in cfg.train if key not in RESULT_NEUTRAL_TRAIN_KEYS)
     settings = config_subset(cfg, {"seed": (), "horizon": (), "use_actions": (), "normalizer": (), "model": (),
                                    "diffusion": (), "train": train_keys})
+    data_settings = families.of(cfg).data_settings(cfg)
+    settings |= {"data_settings": data_settings} if data_settings else {}
     return provenance.record({"stage": "train-diffusion", "kind": kind, "env": cfg.env.name,
                               "base_data": cfg.env.base_data, "expert_data": cfg.env.expert_data, **settings},
                              families.of(cfg).dataset_inputs(cfg))
