@@ -87,3 +87,21 @@ def test_controller_drives_the_env_to_the_goal():
     assert (distances[300:] < 0.02).all()  # ... and hovers there
     assert positions[:, 0].max() > 0.5  # it went around the inner wall, through the right arm
     env.close()
+
+
+def test_open_maze_env_and_geometry_agree():
+    """maze2d_open: PointMaze's open arena (3 x 5 free cells), episodes of 150 steps as D4RL's maze2d-open."""
+    import numpy as np
+
+    from relreward_cli.envs.maze import MazeGeometry
+    from relreward_cli.envs.registry import environment, make_env
+
+    geometry = MazeGeometry.from_name("open")
+    assert len(geometry.free_cells()) == 15 and environment("maze2d_open").max_episode_steps == 150
+    env = make_env("maze2d_open")
+    try:
+        obs, _ = env.reset(seed=0, options={"goal_cell": np.array([2, 3])})
+        assert not geometry.in_wall(obs["observation"][None, :2])[0]
+        assert np.allclose(obs["desired_goal"], geometry.cell_to_xy(np.array([2, 3])), atol=0.3)
+    finally:
+        env.close()
