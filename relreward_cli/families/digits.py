@@ -196,9 +196,7 @@ class DigitsFamily(EnvFamily):
             in_expert = np.isin(labels[name], expert_digits)
             share, sem = mean_and_sem(in_expert.astype(float))
             metrics |= {f"{name}/expert_share": share, f"{name}/expert_share_sem": sem,
-                        f"{name}/expert_share_per_seed": [float(np.isin(classify(classifier, seed_images),
-                                                                         expert_digits).mean())
-                                                          for seed_images in per_seed],
+                        f"{name}/expert_share_per_seed": in_expert.reshape(len(per_seed), -1).mean(axis=1).tolist(),
                         f"{name}/samples": len(in_expert),
                         **{f"{name}/share_{c}": float((labels[name] == c).mean()) for c in CLASSES}}
         if "base" in planners:

@@ -29,6 +29,7 @@ from torch import nn
 from relreward_cli.errors import UserError
 from relreward_cli.models.image_unet import ResidualBlock2d
 from relreward_cli.models.unet import Mish, time_mlp
+from relreward_cli.reward.classification import auroc, heldout_accuracy
 from relreward_cli.reward.extraction import reward_gradient
 
 INSTALL_HINT = ("Install the image extras with `pip install 'relreward[images]'` (diffusers, transformers) and "
@@ -384,9 +385,6 @@ def final_latent_accuracy(net: LatentRewardNet, record: Mapping[str, torch.Tenso
     standardized reward (expert = positive) is fit on the first and scored on the second: `accuracy`. `auroc`
     (expert = positive, higher reward = more expert-like) and the mean rewards use all prompts.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-
     _check_record(record)
     P = record["final_base"].shape[0]
     if P < 2:
@@ -395,22 +393,10 @@ def final_latent_accuracy(net: LatentRewardNet, record: Mapping[str, torch.Tenso
     device = next(net.parameters()).device
     rewards = [net(record[key].to(device), torch.zeros(P, device=device)).double().cpu().numpy()
                for key in ("final_base", "final_expert")]
-    order = np.random.default_rng(seed).permutation(P)
-    fit, test = order[: P // 2], order[P // 2:]
-
-    def features(prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (np.concatenate([rewards[0][prompts], rewards[1][prompts]]),
-                np.repeat([0, 1], len(prompts)))
-
-    (fit_x, fit_y), (test_x, test_y) = features(fit), features(test)
-    mean, std = fit_x.mean(), fit_x.std()
-    std = std if std > 0 else 1.0
-    model = LogisticRegression(C=1e4).fit(((fit_x - mean) / std)[:, None], fit_y)
-    all_x, all_y = features(np.arange(P))
-    return {"accuracy": float(model.score(((test_x - mean) / std)[:, None], test_y)),
-            "auroc": float(roc_auc_score(all_y, all_x)),
+    scores, is_expert, prompt = np.concatenate(rewards), np.repeat([False, True], P), np.tile(np.arange(P), 2)
+    return {"accuracy": heldout_accuracy(scores, is_expert, seed, groups=prompt), "auroc": auroc(scores, is_expert),
             "mean_reward_base": float(rewards[0].mean()), "mean_reward_expert": float(rewards[1].mean()),
-            "n_fit_prompts": float(len(fit)), "n_test_prompts": float(len(test))}
+            "n_fit_prompts": float(P // 2), "n_test_prompts": float(P - P // 2)}
 
 
 def save_latent_record(record: Mapping[str, torch.Tensor], path: Path) -> Path:

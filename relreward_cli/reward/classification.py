@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from relreward_cli.errors import UserError
+from relreward_cli.planning.scores import mean_and_sem
 
 
 def _check(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,16 +26,23 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(roc_auc_score(positive, scores))
 
 
-def heldout_accuracy(scores: np.ndarray, positive: np.ndarray, seed: int = 0) -> float:
+def heldout_accuracy(scores: np.ndarray, positive: np.ndarray, seed: int = 0, groups: np.ndarray | None = None
+                     ) -> float:
     """Accuracy on a held-out half of a one-feature logistic regression on the standardized score.
 
-    `scores` `(N,)`, `positive` `(N,)` bool; the halves are drawn (stratified by label) with `seed`, the
-    standardization uses the fit half only. A perfect separator gives 1.0. A constant score carries nothing: the
-    regression then predicts the fit half's majority class, so on balanced classes the accuracy is 0.5.
+    `scores` `(N,)`, `positive` `(N,)` bool; the halves are drawn with `seed`: stratified by label, or, given
+    `groups` `(N,)`, by group (half the groups fit, the rest test: e.g. each prompt's two samples stay together).
+    The standardization uses the fit half only. A perfect separator gives 1.0. A constant score carries nothing:
+    the regression then predicts the fit half's majority class, so on balanced classes the accuracy is 0.5.
     """
     scores, positive = _check(scores, positive)
-    fit_x, test_x, fit_y, test_y = train_test_split(scores, positive, test_size=0.5, random_state=seed,
-                                                    stratify=positive)
+    if groups is None:
+        fit_x, test_x, fit_y, test_y = train_test_split(scores, positive, test_size=0.5, random_state=seed,
+                                                        stratify=positive)
+    else:
+        names = np.random.default_rng(seed).permutation(np.unique(groups))
+        fit = np.isin(groups, names[: len(names) // 2])
+        fit_x, test_x, fit_y, test_y = scores[fit], scores[~fit], positive[fit], positive[~fit]
     mean, std = fit_x.mean(), fit_x.std()
     std = std if std > 0 else 1.0
     model = LogisticRegression(C=1e4).fit(((fit_x - mean) / std)[:, None], fit_y)
@@ -48,7 +56,5 @@ def class_means(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     if scores.shape != labels.shape:
         raise UserError(f"Got {scores.size} scores but {labels.size} labels; give one label per score.")
     classes = np.unique(labels)
-    groups = [scores[labels == c] for c in classes]
-    means = np.array([g.mean() for g in groups])
-    sems = np.array([g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else 0.0 for g in groups])
+    means, sems = np.array([mean_and_sem(scores[labels == c]) for c in classes]).T
     return classes, means, sems
