@@ -97,6 +97,9 @@ class DiffusionConfig(_Checked):
         problems.need(self.prediction in ("eps", "x0"), "prediction", self.prediction, "eps or x0")
 
 
+PRECISIONS = ("fp32", "bf16")  # training precision: float32, or bfloat16 autocast (weights stay float32)
+
+
 @dataclass
 class _LoopConfig(_Checked):
     """What every training loop takes (`train` and `extract`): steps, batch, learning rate, gradient clip and how
@@ -108,9 +111,14 @@ class _LoopConfig(_Checked):
     grad_clip: float | None = MISSING
     save_every: int = MISSING
     log_every: int = MISSING
+    cuda_batch_size: int | None = None  # the batch on a CUDA device (null: batch_size)
+    precision: str = "fp32"
 
     def check(self, problems: _Problems) -> None:
         _positive(problems, self, "n_steps", "batch_size", "save_every", "log_every")
+        problems.need(self.cuda_batch_size is None or self.cuda_batch_size > 0, "cuda_batch_size",
+                      self.cuda_batch_size, "a positive integer or null (batch_size)")
+        problems.need(self.precision in PRECISIONS, "precision", self.precision, " or ".join(PRECISIONS))
         problems.need(self.lr > 0, "lr", self.lr, "a positive learning rate")
         problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
 

@@ -103,12 +103,14 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Restore what :func:`_rng_state` saved. RNG states are CPU byte tensors whatever device the checkpoint was
+    loaded onto (``map_location`` moves every tensor of it)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["data"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 @dataclass
@@ -137,6 +139,7 @@ def train_loop(
     on_log: Callable[[dict[str, float], int], None] | None = None,
     on_resume: Callable[[int], None] | None = None,
     description: str = "train",
+    autocast_dtype: torch.dtype | None = None,
 ) -> TrainResult:
     """Run ``n_steps`` optimizer steps of ``loss_fn``, resuming from ``checkpoint_path`` if it exists.
 
@@ -150,6 +153,8 @@ def train_loop(
         on_log: called with ``(averaged scalars, step)`` every ``log_every`` steps and at the end.
         on_resume: called with the checkpoint's step when the loop resumes from one (before any ``on_log``), so
             that what an earlier attempt logged after its last checkpoint can be dropped.
+        autocast_dtype: run ``loss_fn`` under ``torch.autocast`` with this dtype (``torch.bfloat16``), or in full
+            precision (None). The weights, the optimizer and the EMA stay float32.
     Raises:
         NonFiniteLossError: the loss was NaN/inf; nothing is saved after the last good checkpoint.
     """
@@ -176,20 +181,36 @@ def train_loop(
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    window: dict[str, list[float]] = {}
+    # Losses stay on the device until a log or checkpoint step: reading one per step would make a GPU wait for
+    # every step to finish. They are checked then, before anything is saved, so a non-finite loss is still
+    # reported with its step and never reaches a checkpoint.
+    window: dict[str, list[torch.Tensor | float]] = {}
+    losses: list[torch.Tensor] = []
     loss_value = float("nan")
     start, start_step = time.perf_counter(), step
+
+    def check_finite() -> None:
+        nonlocal loss_value
+        if not losses:
+            return
+        values = torch.stack(losses).float().cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            first = int(bad[0])
+            saved = f"{checkpoint_path} (step {last_saved})" if last_saved else "none yet"
+            raise NonFiniteLossError(
+                f"The {description} loss became {values[first].item()} at step {step - len(losses) + first + 1}; "
+                f"the run stopped there. Last good checkpoint: {saved}. Lower the learning rate or check the data "
+                "for NaNs, then run the same command again to resume from that checkpoint.")
+        loss_value = float(values[-1])
+        losses.clear()
+
     model.train()
     with tqdm(total=n_steps, initial=step, desc=description, dynamic_ncols=True, mininterval=1.0) as bar:
         while step < n_steps:
-            loss, scalars = loss_fn()
-            loss_value = loss.item()
-            if not np.isfinite(loss_value):
-                saved = f"{checkpoint_path} (step {last_saved})" if last_saved else "none yet"
-                raise NonFiniteLossError(
-                    f"The {description} loss became {loss_value} at step {step + 1}; the run stopped there. "
-                    f"Last good checkpoint: {saved}. Lower the learning rate or check the data for NaNs, then "
-                    "run the same command again to resume from that checkpoint.")
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss, scalars = loss_fn()
+            losses.append(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -199,22 +220,32 @@ def train_loop(
                 ema.update(model)
             step += 1
             bar.update(1)
-            for key, value in {"loss": loss_value, **scalars}.items():
-                window.setdefault(key, []).append(float(value))
+            for key, value in {"loss": losses[-1], **scalars}.items():
+                window.setdefault(key, []).append(value)
             if step % log_every == 0 or step == n_steps:
-                averaged = {k: float(np.mean(v)) for k, v in window.items()}
+                check_finite()
+                averaged = {key: _mean(values) for key, values in window.items()}
+                averaged = {key: value for key, value in averaged.items() if np.isfinite(value) or key == "loss"}
                 averaged["steps_per_s"] = (step - start_step) / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{averaged['loss']:.4f}")
                 if on_log is not None:
                     on_log(averaged, step)
                 window.clear()
             if step % save_every == 0 or step == n_steps:
+                check_finite()
                 checkpoint()
                 last_saved = step
     elapsed = max(time.perf_counter() - start, 1e-9)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _cpu_peak_rss_mb()
     return TrainResult(step=step, final_loss=loss_value, steps_per_s=(step - start_step) / elapsed,
                        resumed_from=resumed_from, peak_memory_mb=peak)
+
+
+def _mean(values: list[torch.Tensor | float]) -> float:
+    """Mean of one logged scalar over a window, read off the device once; NaN entries (e.g. a loss band no sample
+    of a batch fell in) are left out."""
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).float()
+    return float(torch.nanmean(stacked.cpu()))
 
 
 def _cpu_peak_rss_mb() -> float:

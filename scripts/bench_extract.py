@@ -42,15 +42,16 @@ def main() -> None:
     from relreward_cli.diffusion.artifact import TrainedDiffusion, build_diffusion
     from relreward_cli.models.reward_net import RewardNet
     from relreward_cli.reward.trainer import train_reward
-    from relreward_cli.stages.common import diffusion_spec
+    from relreward_cli.stages.common import autocast_dtype, batch_size, diffusion_spec
     from relreward_cli.training import seed_everything
 
     cfg = compose_config("extract", args.overrides)
     ec = cfg.extract
     segments = synthetic_segments(cfg.horizon, cfg.use_actions)
     spec = diffusion_spec(cfg, segments.obs_dim, segments.act_dim)
-    rows = []
+    rows, batches = [], {}
     for device in devices(args.devices):
+        batch = batches[device.type] = batch_size(ec, device)
         models = []
         for seed, kind in enumerate(("base", "expert")):
             torch.manual_seed(seed)
@@ -58,12 +59,12 @@ def main() -> None:
             models.append(TrainedDiffusion(diffusion, spec, segments.normalizer, {"kind": kind},
                                            Path(f"<random {kind} model>")))
         with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
-            def run(n_steps, log_every, on_log, device=device, tmp=tmp, models=models):
+            def run(n_steps, log_every, on_log, device=device, tmp=tmp, models=models, batch=batch):
                 return train_reward(
                     *models, segments, Path(tmp), dim=cfg.reward.dim, dim_mults=tuple(cfg.reward.dim_mults),
-                    n_steps=n_steps, batch_size=ec.batch_size, lr=ec.lr, grad_clip=ec.grad_clip,
+                    n_steps=n_steps, batch_size=batch, lr=ec.lr, grad_clip=ec.grad_clip,
                     save_every=10**9, log_every=log_every, generator=seed_everything(0), device=device,
-                    info={"bench": True}, on_log=on_log)
+                    info={"bench": True}, on_log=on_log, autocast_dtype=autocast_dtype(ec))
 
             result = bench_training(run, args.budget_s, args.max_steps, device)
         rows.append(training_row(device, result))
@@ -74,7 +75,8 @@ def main() -> None:
         f"extract benchmark: horizon {cfg.horizon}, transition_dim {spec.transition_dim}, two diffusion U-Nets "
         f"dim {cfg.model.dim} x {list(cfg.model.dim_mults)} ({diffusion_params / 1e6:.2f}M params each), reward "
         f"net dim {cfg.reward.dim} x {list(cfg.reward.dim_mults)} ({reward_params / 1e6:.2f}M params), batch "
-        f"{ec.batch_size}, {spec.n_steps} diffusion steps",
+        f"{', '.join(f'{b} ({d})' for d, b in batches.items())}, precision {ec.precision}, {spec.n_steps} diffusion "
+        "steps",
         ("device", "extract steps/s", *TRAINING_COLUMNS), rows)
 
 

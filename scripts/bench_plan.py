@@ -22,10 +22,10 @@ from rich.table import Table
 from relreward_cli.data.normalizer import Normalizer
 from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion, build_diffusion
 from relreward_cli.models.reward_net import RewardNet
+from relreward_cli.planning.evaluation import planner_settings
 from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.planning.planner import GuidedPlanner
 from relreward_cli.reward.trainer import TrainedReward
-from relreward_cli.stages.steer_eval import planner_settings
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 # (horizon, obs_dim, act_dim, use_actions, dim): configs/base.yaml's Maze2D demo; the quick locomotion preset

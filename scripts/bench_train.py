@@ -147,17 +147,20 @@ TRAINING_COLUMNS = ("vs plain loop", "median step", "timed steps", "peak memory"
 
 
 def plain_loop_steps_per_s(denoiser: torch.nn.Module, shape: tuple[int, int, int], n_steps: int, lr: float,
-                           device: torch.device, budget_s: float, max_steps: int, warmup: int = 2) -> float:
-    """Steps/s of the simplest training loop on the same denoiser and batch: random `x_t`, MSE to random noise,
-    backward, default Adam; no EMA, conditioning, clipping, logging or checkpoints. The ratio of the real
-    loop's steps/s to this is the benchmark's machine-independent figure."""
+                           device: torch.device, budget_s: float, max_steps: int, warmup: int = 2,
+                           autocast_dtype: torch.dtype | None = None) -> float:
+    """Steps/s of the simplest training loop on the same denoiser, batch and precision: random `x_t`, MSE to
+    random noise, backward, default Adam; no EMA, conditioning, clipping, logging or checkpoints. The ratio of the
+    real loop's steps/s to this is the benchmark's machine-independent figure."""
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=lr)
     generator = torch.Generator(device).manual_seed(0)
     stamps: list[float] = []
     for step in range(warmup + max_steps + 1):
         x_t = torch.randn(shape, generator=generator, device=device)
         t = torch.randint(0, n_steps, (shape[0],), generator=generator, device=device)
-        loss = torch.nn.functional.mse_loss(denoiser(x_t, t), torch.randn(shape, generator=generator, device=device))
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            eps = denoiser(x_t, t)
+        loss = torch.nn.functional.mse_loss(eps.float(), torch.randn(shape, generator=generator, device=device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -212,7 +215,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     setup(args)
     from relreward_cli.diffusion.artifact import build_diffusion, train_diffusion
-    from relreward_cli.stages.common import diffusion_spec
+    from relreward_cli.stages.common import autocast_dtype, batch_size, diffusion_spec
     from relreward_cli.training import seed_everything
 
     cfg = compose_config("train_diffusion", args.overrides)
@@ -222,21 +225,22 @@ def main() -> None:
     n, few = spec.n_steps, max(spec.n_steps // 4, 1)
     samplers = {f"ddpm ({n} steps)": ("ddpm", None), f"ddim ({n} steps)": ("ddim", None),
                 f"ddim ({few} steps)": ("ddim", few)}
-    rows = []
+    rows, batches = [], {}
     for device in devices(args.devices):
+        batch = batches[device.type] = batch_size(tc, device)
         with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-            def run(n_steps, log_every, on_log, device=device, tmp=tmp):
+            def run(n_steps, log_every, on_log, device=device, tmp=tmp, batch=batch):
                 return train_diffusion(
-                    spec, segments, "base", Path(tmp), n_steps=n_steps, batch_size=tc.batch_size, lr=tc.lr,
+                    spec, segments, "base", Path(tmp), n_steps=n_steps, batch_size=batch, lr=tc.lr,
                     ema_decay=tc.ema_decay, ema_start=tc.ema_start, grad_clip=tc.grad_clip,
                     save_every=10**9, log_every=log_every, generator=seed_everything(0), device=device,
-                    info={"bench": True}, on_log=on_log)
+                    info={"bench": True}, on_log=on_log, autocast_dtype=autocast_dtype(tc))
 
             train = bench_training(run, args.budget_s, args.max_steps, device)
         torch.manual_seed(0)
         plain = plain_loop_steps_per_s(build_diffusion(spec).model.to(device),
-                                       (tc.batch_size, spec.horizon, spec.transition_dim), spec.n_steps, tc.lr,
-                                       device, args.budget_s, args.max_steps)
+                                       (batch, spec.horizon, spec.transition_dim), spec.n_steps, tc.lr,
+                                       device, args.budget_s, args.max_steps, autocast_dtype=autocast_dtype(tc))
         torch.manual_seed(0)
         diffusion = build_diffusion(spec).to(device).eval()  # random weights: sampling cost does not depend on them
         with torch.no_grad():  # warm-up: same shapes, two steps
@@ -246,8 +250,9 @@ def main() -> None:
     n_params = sum(p.numel() for p in diffusion.model.parameters())
     print_table(
         f"train-diffusion benchmark: horizon {cfg.horizon}, transition_dim {spec.transition_dim}, U-Net dim "
-        f"{cfg.model.dim} x {list(cfg.model.dim_mults)} ({n_params / 1e6:.2f}M params), batch {tc.batch_size}, "
-        f"{n} diffusion steps; sampling latency for one batch of {PLAN_BATCH} plans (median)",
+        f"{cfg.model.dim} x {list(cfg.model.dim_mults)} ({n_params / 1e6:.2f}M params), batch "
+        f"{', '.join(f'{b} ({d})' for d, b in batches.items())}, precision {tc.precision}, {n} diffusion steps; "
+        f"sampling latency for one batch of {PLAN_BATCH} plans (median)",
         ("device", "train steps/s", *TRAINING_COLUMNS, *latency), rows)
 
 

@@ -166,7 +166,10 @@ def test_batch_helpers():
     with pytest.raises(UserError, match="t_range"):
         noised_batch(x_t, schedule, t_range=(5, N_STEPS))
     bands = loss_by_t_band(torch.tensor([1.0, 3.0, 10.0]), torch.tensor([0, 4, 19]), N_STEPS)
-    assert bands == {"loss_t0-4": 2.0, "loss_t15-19": 10.0}
+    means = {key: value.item() for key, value in bands.items()}
+    assert means["loss_t0-4"] == 2.0 and means["loss_t15-19"] == 10.0
+    assert set(means) == {"loss_t0-4", "loss_t5-9", "loss_t10-14", "loss_t15-19"}
+    assert math.isnan(means["loss_t5-9"]) and math.isnan(means["loss_t10-14"])  # empty bands: left out when logged
     other = GaussianMixtureModel(NoiseSchedule(N_STEPS, "linear"), torch.zeros(1, HORIZON, TRANSITION_DIM))
     with pytest.raises(UserError, match="different noise schedules"):
         score_difference(GaussianMixtureModel(schedule, other.means), other, x_t, t)

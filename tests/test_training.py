@@ -328,3 +328,38 @@ def test_diffusion_spec_follows_the_config_and_refuses_clipping_gaussian_data():
     assert (spec.prediction, spec.clip_denoised, spec.horizon, spec.transition_dim) == ("x0", False, 4, 23)
     with pytest.raises(UserError, match="clip_denoised=false"):
         diffusion_spec(clipped, obs_dim=4, act_dim=2)
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_float32_weights(tmp_path):
+    model = torch.nn.Linear(8, 8)
+    x = torch.randn(32, 8)
+    dtypes = []
+
+    def loss_fn():
+        out = model(x)
+        dtypes.append(out.dtype)
+        return (out.float() - x).pow(2).mean(), {}
+
+    result = train_loop(model=model, loss_fn=loss_fn, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+                        n_steps=20, checkpoint_path=tmp_path / "ckpt.pt", generator=seed_everything(0), extra={},
+                        kind="unit", save_every=10, log_every=5, autocast_dtype=torch.bfloat16)
+    assert set(dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert math.isfinite(result.final_loss) and result.final_loss < (x.pow(2).mean() + 1).item()
+
+
+def test_the_batch_and_precision_of_a_training_section_follow_the_device():
+    from omegaconf import OmegaConf
+
+    from relreward_cli.stages.common import autocast_dtype, batch_size, loop_settings
+
+    cfg = OmegaConf.create({"train": {"n_steps": 10, "batch_size": 64, "cuda_batch_size": 256, "precision": "bf16",
+                                      "lr": 1e-3}})
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (batch_size(cfg.train, cpu), batch_size(cfg.train, cuda)) == (64, 256)
+    assert autocast_dtype(cfg.train) is torch.bfloat16
+    # provenance records the batch used, not both settings, and leaves out the result-neutral keys
+    assert loop_settings(cfg, "train", cuda, ("n_steps",)) == {"train": {"precision": "bf16", "lr": 1e-3,
+                                                                         "batch_size": 256}}
+    cfg.train.cuda_batch_size = None
+    assert batch_size(cfg.train, cuda) == 64

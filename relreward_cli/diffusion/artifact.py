@@ -153,13 +153,14 @@ def train_diffusion(spec: DiffusionSpec, segments: SegmentPair, kind: str, run_d
                     batch_size: int, lr: float, ema_decay: float, ema_start: int, grad_clip: float,
                     save_every: int, log_every: int, generator: torch.Generator, device: torch.device,
                     info: dict[str, Any], start_conditioned: float = 0.5, action_weight: float = 1.0,
-                    on_log=None, on_resume=None) -> tuple[TrainedDiffusion, TrainResult]:
+                    on_log=None, on_resume=None, autocast_dtype: torch.dtype | None = None
+                    ) -> tuple[TrainedDiffusion, TrainResult]:
     """Train a diffusion model on ``segments[kind]``, resuming from ``run_dir/checkpoint.pt``.
 
     A ``start_conditioned`` share of each batch is trained with its first state inpainted (as Diffuser does),
     so that planning from a given state continues from it; the rest unconditioned, so that the model's
     score is also that of whole segments, which reward extraction differentiates. ``action_weight``: see
-    :meth:`GaussianDiffusion.loss`. ``on_log`` / ``on_resume``: see :func:`train_loop`.
+    :meth:`GaussianDiffusion.loss`. ``on_log`` / ``on_resume`` / ``autocast_dtype``: see :func:`train_loop`.
 
     Writes ``run_dir/model.pt`` (EMA weights + spec + normalizer + ``info``) atomically at the end and
     returns it loaded, with the loop's :class:`TrainResult`.
@@ -183,13 +184,14 @@ def train_diffusion(spec: DiffusionSpec, segments: SegmentPair, kind: str, run_d
         losses = diffusion.row_losses(x0, {0: x0[:, 0, spec.action_dim:]}, action_weight=action_weight,
                                       conditioned=conditioned, t=torch.cat([t for t, _ in draws]),
                                       noise=torch.cat([eps for _, eps in draws]))
-        return losses.mean(), {f"loss_{name}": losses[rows].mean().item() for name, rows in parts.items()}
+        return losses.mean(), {f"loss_{name}": losses[rows].mean().detach() for name, rows in parts.items()}
 
     result = train_loop(
         model=diffusion, loss_fn=loss_fn,
         optimizer=optimizer, n_steps=n_steps, checkpoint_path=run_dir / CHECKPOINT_FILE, generator=generator,
         extra=extra, kind="diffusion", ema=ema, save_every=save_every, log_every=log_every,
-        grad_clip=grad_clip, on_log=on_log, on_resume=on_resume, description=f"diffusion[{kind}]")
+        grad_clip=grad_clip, on_log=on_log, on_resume=on_resume, autocast_dtype=autocast_dtype,
+        description=f"diffusion[{kind}]")
     save_checkpoint(run_dir / MODEL_FILE, {"kind": "diffusion-model", "weights": ema.model.state_dict(),
                                            "step": result.step, **extra})
     return load_diffusion_model(run_dir, device), result

@@ -116,12 +116,11 @@ def noised_batch(x0: torch.Tensor, schedule: NoiseSchedule, generator: torch.Gen
 
 
 def loss_by_t_band(per_sample_loss: torch.Tensor, t: torch.Tensor, n_steps: int, n_bands: int = 4
-                   ) -> dict[str, float]:
-    """Mean loss within `n_bands` equal bands of diffusion steps, keyed `loss_t{first}-{last}`; empty bands
-    are left out. `per_sample_loss` and `t` are `(B,)`."""
+                   ) -> dict[str, torch.Tensor]:
+    """Mean loss within `n_bands` equal bands of diffusion steps, keyed `loss_t{first}-{last}`, as 0-d tensors left
+    on the loss's device (NaN for a band no sample fell in). `per_sample_loss` and `t` are `(B,)`."""
     bands = t * n_bands // n_steps
     sums = torch.zeros(n_bands, device=t.device).index_add_(0, bands, per_sample_loss.detach().float())
-    counts = torch.bincount(bands, minlength=n_bands)
+    means = sums / torch.bincount(bands, minlength=n_bands)
     first = [-(-band * n_steps // n_bands) for band in range(n_bands + 1)]
-    return {f"loss_t{first[band]}-{first[band + 1] - 1}": total / count
-            for band, (total, count) in enumerate(zip(sums.tolist(), counts.tolist(), strict=True)) if count}
+    return {f"loss_t{first[band]}-{first[band + 1] - 1}": means[band] for band in range(n_bands)}

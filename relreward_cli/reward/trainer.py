@@ -69,7 +69,8 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
                  grad_clip: float, save_every: int, log_every: int, generator: torch.Generator,
                  device: torch.device, info: dict[str, Any], sample_fraction: float = 0.0, sample_pool: int = 512,
                  target: str = "score", start_conditioned: float = 0.0, architecture: str = "default",
-                 on_log=None, on_resume=None) -> tuple[TrainedReward, TrainResult]:
+                 on_log=None, on_resume=None, autocast_dtype: torch.dtype | None = None
+                 ) -> tuple[TrainedReward, TrainResult]:
     """Fit ``r_phi`` so that ``sigma_t grad_x r_phi(x_t, t) = -(eps_expert - eps_base)(x_t, t)`` (``target="score"``)
     or to the posterior-mean difference of the authors' code (``"posterior_mean"``; see ``reward.extraction``).
     ``architecture``: the reward net (``default``: the model network's own, e.g. Diffuser's value-function shape;
@@ -80,7 +81,7 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     from the expert data. A ``start_conditioned`` share of each batch has its first state inpainted with its
     clean value, as planning's guidance sees ``x_t``; those entries are left out of the loss (guidance never moves
     them). Resumes from ``run_dir/checkpoint.pt``; writes ``run_dir/reward.pt`` atomically. ``on_log`` /
-    ``on_resume``: see :func:`relreward_cli.training.train_loop`.
+    ``on_resume`` / ``autocast_dtype``: see :func:`relreward_cli.training.train_loop`.
     """
     check_compatible(base, expert)
     if target not in TARGETS:
@@ -125,7 +126,8 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     result = train_loop(model=net, loss_fn=loss_fn, optimizer=optimizer, n_steps=n_steps,
                         checkpoint_path=run_dir / CHECKPOINT_FILE, generator=generator, extra=extra,
                         kind="reward", save_every=save_every, log_every=log_every, grad_clip=grad_clip,
-                        on_log=on_log, on_resume=on_resume, description="extract")
+                        on_log=on_log, on_resume=on_resume, autocast_dtype=autocast_dtype,
+                        description="extract")
     save_checkpoint(run_dir / REWARD_FILE, {"kind": "reward-model", "weights": net.state_dict(),
                                             "step": result.step, **extra})
     return load_reward_model(run_dir, device), result

@@ -49,6 +49,27 @@ def torch_device(cfg: DictConfig) -> torch.device:
     return device
 
 
+def batch_size(section: DictConfig, device: torch.device) -> int:
+    """The batch of a training section (``train``, ``extract``) on ``device``: ``cuda_batch_size`` on a CUDA
+    device when set, else ``batch_size``."""
+    if device.type == "cuda" and section.get("cuda_batch_size") is not None:
+        return int(section.cuda_batch_size)
+    return int(section.batch_size)
+
+
+def autocast_dtype(section: DictConfig) -> torch.dtype | None:
+    """The autocast dtype of a training section's ``precision`` (``bf16``), or None for full float32."""
+    return {"fp32": None, "bf16": torch.bfloat16}[section.get("precision", "fp32")]
+
+
+def loop_settings(cfg: DictConfig, section: str, device: torch.device, result_neutral: tuple[str, ...]) -> dict:
+    """The settings of a training section that shape its result, for provenance: all but ``result_neutral``, with
+    the batch the run uses on ``device`` in place of ``batch_size`` / ``cuda_batch_size``."""
+    keys = tuple(key for key in cfg[section] if key not in (*result_neutral, "batch_size", "cuda_batch_size"))
+    return {section: {**config_subset(cfg, {section: keys})[section],
+                      "batch_size": batch_size(cfg[section], device)}}
+
+
 def config_subset(cfg: DictConfig, keys: dict[str, tuple[str, ...]]) -> dict:
     """``{section: {key: value}}`` of the resolved config for the listed keys; an empty tuple takes the whole
     section (or the top-level value)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from relreward_cli import families, provenance
@@ -11,7 +12,15 @@ from relreward_cli.diffusion.artifact import check_compatible, load_diffusion_mo
 from relreward_cli.errors import UserError
 from relreward_cli.plots import plot_curve
 from relreward_cli.reward.trainer import train_reward
-from relreward_cli.stages.common import config_subset, hydra_run_dir, log_to, torch_device
+from relreward_cli.stages.common import (
+    autocast_dtype,
+    batch_size,
+    config_subset,
+    hydra_run_dir,
+    log_to,
+    loop_settings,
+    torch_device,
+)
 from relreward_cli.tracking import RunTracker, print_summary_table, tracker_from_config
 from relreward_cli.training import seed_everything
 
@@ -21,11 +30,11 @@ RESULT_NEUTRAL_EXTRACT_KEYS = ("n_steps", "save_every", "log_every", "eval_t", "
                                "eval_segments", "grid_resolution")
 
 
-def made_from(cfg: DictConfig, base_model: Path, expert_model: Path) -> dict:
-    """The provenance of the reward this config extracts: its settings and the digests of both models and
-    datasets."""
-    extract_keys = tuple(key for key in cfg.extract if key not in RESULT_NEUTRAL_EXTRACT_KEYS)
-    settings = config_subset(cfg, {"seed": (), "reward": (), "extract": extract_keys})
+def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, device: torch.device) -> dict:
+    """The provenance of the reward this config extracts on ``device``: its settings (with the batch used there)
+    and the digests of both models and datasets."""
+    settings = config_subset(cfg, {"seed": (), "reward": ()})
+    settings |= loop_settings(cfg, "extract", device, RESULT_NEUTRAL_EXTRACT_KEYS)
     data_settings = families.of(cfg).data_settings(cfg)
     settings |= {"data_settings": data_settings} if data_settings else {}
     return provenance.record({"stage": "extract", "env": cfg.env.name, **settings},
@@ -48,7 +57,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
                         f"steps, so every time must be below {base.spec.n_steps}. Nothing was run.")
     domain = families.of(cfg)
     domain.check_config(cfg)
-    provenance.claim(run_dir, made_from(cfg, base_model, expert_model), start_afresh=start_afresh,
+    provenance.claim(run_dir, made_from(cfg, base_model, expert_model, device), start_afresh=start_afresh,
                      how_to_start_afresh="overwrite=true")
     generator = seed_everything(cfg.seed)
     segments = domain.load_data(cfg, base)
@@ -56,12 +65,12 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     with tracker_from_config(cfg, run_dir, "extract", group) as tracker:
         reward, result = train_reward(
             base, expert, segments, run_dir, dim=cfg.reward.dim, dim_mults=tuple(cfg.reward.dim_mults),
-            n_steps=ec.n_steps, batch_size=ec.batch_size, lr=ec.lr, grad_clip=ec.grad_clip,
+            n_steps=ec.n_steps, batch_size=batch_size(ec, device), lr=ec.lr, grad_clip=ec.grad_clip,
             save_every=ec.save_every, log_every=ec.log_every, generator=generator, device=device,
             info={"env": cfg.env.name, "sources": base.info["sources"], "seed": cfg.seed},
             sample_fraction=ec.sample_fraction, sample_pool=ec.sample_pool, target=ec.target,
             start_conditioned=ec.start_conditioned, architecture=cfg.reward.architecture,
-            on_log=log_to(tracker, "extract"), on_resume=tracker.rewind)
+            on_log=log_to(tracker, "extract"), on_resume=tracker.rewind, autocast_dtype=autocast_dtype(ec))
         metrics = {"target": ec.target, "start_conditioned": ec.start_conditioned, "steps": result.step,
                    "final_loss": result.final_loss,
                    "steps_per_s": result.steps_per_s, "peak_memory_mb": result.peak_memory_mb, "device": str(device)}

@@ -23,7 +23,7 @@ from relreward_cli import families, provenance
 from relreward_cli.diffusion.artifact import MODEL_FILE
 from relreward_cli.reward.trainer import REWARD_FILE
 from relreward_cli.stages import extract, steer_eval, train_diffusion
-from relreward_cli.stages.common import apply_threads, hydra_run_dir
+from relreward_cli.stages.common import apply_threads, hydra_run_dir, torch_device
 from relreward_cli.tracking import print_summary_table, write_json_atomic
 
 
@@ -66,17 +66,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return _finish(cfg, run_dir, domain, summary, seconds)
 
     models = {kind: run_dir / f"diffusion_{kind}" for kind in ("base", "expert")}
+    device = torch_device(cfg)
     for kind, stage_dir in models.items():
         start = time.perf_counter()
-        metrics = _run_stage(stage_dir, MODEL_FILE, train_diffusion.made_from(cfg, kind),
+        metrics = _run_stage(stage_dir, MODEL_FILE, train_diffusion.made_from(cfg, kind, device),
                              partial(train_diffusion.run, cfg, stage_dir, kind, group, start_afresh=True))
         seconds[f"train-diffusion[{kind}]"] = time.perf_counter() - start
         summary |= {f"{kind}/{key}": value for key, value in domain.summary_for_pipeline(metrics).items()}
         summary[f"{kind}/final_loss"] = metrics["final_loss"]
 
     stage_dir, start = run_dir / "extract", time.perf_counter()
-    metrics = _run_stage(stage_dir, REWARD_FILE, extract.made_from(cfg, models["base"], models["expert"]), partial(
-        extract.run, cfg, stage_dir, models["base"], models["expert"], group, start_afresh=True))
+    metrics = _run_stage(stage_dir, REWARD_FILE, extract.made_from(cfg, models["base"], models["expert"], device),
+                         partial(extract.run, cfg, stage_dir, models["base"], models["expert"], group,
+                                 start_afresh=True))
     seconds["extract"] = time.perf_counter() - start
     summary |= domain.summary_for_pipeline(metrics)
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from relreward_cli import families, provenance
 from relreward_cli.diffusion.artifact import train_diffusion
 from relreward_cli.errors import UserError
 from relreward_cli.plots import plot_curve
-from relreward_cli.stages.common import config_subset, diffusion_spec, hydra_run_dir, log_to, torch_device
+from relreward_cli.stages.common import (
+    autocast_dtype,
+    batch_size,
+    config_subset,
+    diffusion_spec,
+    hydra_run_dir,
+    log_to,
+    loop_settings,
+    torch_device,
+)
 from relreward_cli.tracking import RunTracker, print_summary_table, tracker_from_config
 from relreward_cli.training import seed_everything
 
@@ -20,11 +30,12 @@ from relreward_cli.training import seed_everything
 RESULT_NEUTRAL_TRAIN_KEYS = ("n_steps", "save_every", "log_every", "n_plot_samples", "sampler")
 
 
-def made_from(cfg: DictConfig, kind: str) -> dict:
-    """The provenance of the ``kind`` model this config trains: its settings and the datasets' digests."""
-    train_keys = tuple(key for key in cfg.train if key not in RESULT_NEUTRAL_TRAIN_KEYS)
+def made_from(cfg: DictConfig, kind: str, device: torch.device) -> dict:
+    """The provenance of the ``kind`` model this config trains on ``device``: its settings (with the batch used
+    there) and the datasets' digests."""
     settings = config_subset(cfg, {"seed": (), "horizon": (), "use_actions": (), "normalizer": (), "model": (),
-                                   "diffusion": (), "train": train_keys})
+                                   "diffusion": ()})
+    settings |= loop_settings(cfg, "train", device, RESULT_NEUTRAL_TRAIN_KEYS)
     data_settings = families.of(cfg).data_settings(cfg)
     settings |= {"data_settings": data_settings} if data_settings else {}
     return provenance.record({"stage": "train-diffusion", "kind": kind, "env": cfg.env.name,
@@ -41,21 +52,21 @@ def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None, sta
                         f"Run `relreward make-dataset env={cfg.env.name}` and then `relreward extract "
                         f"env={cfg.env.name}`, or both with `relreward pipeline env={cfg.env.name}`.")
     domain.check_config(cfg)
-    provenance.claim(run_dir, made_from(cfg, kind), start_afresh=start_afresh,
+    device = torch_device(cfg)
+    provenance.claim(run_dir, made_from(cfg, kind, device), start_afresh=start_afresh,
                      how_to_start_afresh="overwrite=true")
     generator = seed_everything(cfg.seed)
-    device = torch_device(cfg)
     segments = domain.load_data(cfg)
     spec = diffusion_spec(cfg, segments.obs_dim, segments.act_dim, domain.network)
     tc = cfg.train
     with tracker_from_config(cfg, run_dir, f"train-diffusion-{kind}", group) as tracker:
         model, result = train_diffusion(
-            spec, segments, kind, run_dir, n_steps=tc.n_steps, batch_size=tc.batch_size, lr=tc.lr,
+            spec, segments, kind, run_dir, n_steps=tc.n_steps, batch_size=batch_size(tc, device), lr=tc.lr,
             ema_decay=tc.ema_decay, ema_start=tc.ema_start, grad_clip=tc.grad_clip, save_every=tc.save_every,
             log_every=tc.log_every, generator=generator, device=device,
             info={"env": cfg.env.name, "kind": kind, "sources": segments.sources, "seed": cfg.seed},
             start_conditioned=tc.start_conditioned, action_weight=tc.action_weight, on_log=log_to(tracker, "train"),
-            on_resume=tracker.rewind)
+            on_resume=tracker.rewind, autocast_dtype=autocast_dtype(tc))
         metrics = {"kind": kind, "steps": result.step, "final_loss": result.final_loss,
                    "steps_per_s": result.steps_per_s, "peak_memory_mb": result.peak_memory_mb,
                    "segments": len(segments[kind]), "device": str(device)}
