@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from relreward_cli.diffusion.gaussian import SAMPLERS
 from relreward_cli.errors import UserError
 
 
@@ -141,7 +142,7 @@ class TrainConfig(_LoopConfig):
         _share(problems, self, "start_conditioned")
         problems.need(self.action_weight > 0, "action_weight", self.action_weight, "positive")
         problems.need(self.n_plot_samples >= 0, "n_plot_samples", self.n_plot_samples, "an integer >= 0")
-        problems.need(self.sampler in ("ddpm", "ddim"), "sampler", self.sampler, "ddpm or ddim")
+        problems.need(self.sampler in SAMPLERS, "sampler", self.sampler, " or ".join(SAMPLERS))
 
 
 @dataclass
@@ -205,7 +206,7 @@ class SteerConfig(_Checked):
         problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
         _positive(problems, self, "n_plans", "replan_every", "n_episodes")
         problems.need(self.rank_t is None or self.rank_t >= 0, "rank_t", self.rank_t, "a diffusion step >= 0 or null")
-        problems.need(self.sampler in ("ddpm", "ddim"), "sampler", self.sampler, "ddpm or ddim")
+        problems.need(self.sampler in SAMPLERS, "sampler", self.sampler, " or ".join(SAMPLERS))
         problems.need(self.n_sample_steps is None or self.n_sample_steps >= 1, "n_sample_steps", self.n_sample_steps,
                       "a positive integer or null")
         problems.need(bool(self.seeds), "seeds", self.seeds, "a non-empty list of seeds")

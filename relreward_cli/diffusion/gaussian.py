@@ -1,5 +1,6 @@
 """Gaussian diffusion over trajectory segments: training by noise (eps) or clean-segment (x_0) prediction, DDPM /
-DDIM sampling with inpainting of known states, and value guidance (Diffuser) for reward-steered planning."""
+DDIM / DPM-Solver++ sampling with inpainting of known states, and value guidance (Diffuser) for reward-steered
+planning."""
 
 from typing import NamedTuple, Protocol
 
@@ -10,7 +11,7 @@ from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
 
 Conditions = dict[int, torch.Tensor]
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm")
 PREDICTIONS = ("eps", "x0")
 
 
@@ -171,17 +172,22 @@ class GaussianDiffusion(nn.Module):
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return mean + variance.sqrt() * noise, values
 
-    def _ddim_step(self, x: torch.Tensor, t: torch.Tensor, t_prev: int, eta: float, guide: Guide | None,
-                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """DDIM step `x_t -> x_{t_prev}` (`t_prev = -1`: to `x_0`). Guidance is classifier guidance in eps
-        form, `eps <- eps - scale * sigma_t * grad`, one gradient per step (`n_guide_steps` and
-        `scale_grad_by_std` apply to DDPM only)."""
+    def _guided_prediction(self, x: torch.Tensor, t: torch.Tensor, guide: Guide | None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`(x0, eps, values)` at `x_t`, with classifier guidance in eps form, `eps <- eps - scale * sigma_t * grad`
+        (one gradient; `values` None when unguided), and `x0` clipped as `clip_denoised` says."""
         (x0, eps), values = self._predict(x, t), None
         if self._steers_at(guide, t):
             values, grad = self._guide_gradient(guide, x, t)
             eps = eps - guide.scale * self.schedule.sigmas[t][:, None, None] * grad
             x0 = self.schedule.predict_x0(x, eps, t)
-        x0, eps = self._clipped(x, t, x0, eps)
+        return *self._clipped(x, t, x0, eps), values
+
+    def _ddim_step(self, x: torch.Tensor, t: torch.Tensor, t_prev: int, eta: float, guide: Guide | None,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """DDIM step `x_t -> x_{t_prev}` (`t_prev = -1`: to `x_0`), guided as :meth:`_guided_prediction`
+        (`n_guide_steps` and `scale_grad_by_std` apply to DDPM only)."""
+        x0, eps, values = self._guided_prediction(x, t, guide)
         alpha_bar = self.schedule.alpha_bars[t[0]]
         alpha_bar_prev = self.schedule.alpha_bars[t_prev] if t_prev >= 0 else alpha_bar.new_tensor(1.0)
         std = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
@@ -190,6 +196,24 @@ class GaussianDiffusion(nn.Module):
             x_prev = x_prev + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x_prev, values
 
+    def _dpm_solver(self, n_sample_steps: int | None, stochastic: bool):
+        """diffusers' multistep DPM-Solver++ (second order) on this schedule's betas, fed the clipped x_0 estimate
+        (`prediction_type="sample"`), at the steps of :meth:`NoiseSchedule.sampling_timesteps` (the last is
+        step 0, so the final x_0 estimate is taken where almost no noise is left); `stochastic` takes its SDE
+        variant."""
+        try:
+            from diffusers import DPMSolverMultistepScheduler
+        except ImportError as err:
+            raise UserError("sampler=dpm runs the diffusers library's DPM-Solver++, which is not installed: "
+                            "`pip install diffusers` (or `pip install 'relreward[images]'`), or use ddpm or ddim."
+                            ) from err
+        solver = DPMSolverMultistepScheduler(
+            num_train_timesteps=self.schedule.n_steps, trained_betas=self.schedule.betas.double().cpu().numpy(),
+            prediction_type="sample", algorithm_type="sde-dpmsolver++" if stochastic else "dpmsolver++",
+            solver_order=2, final_sigmas_type="zero", lower_order_final=True)
+        solver.set_timesteps(device=self.device, timesteps=self.schedule.sampling_timesteps(n_sample_steps).tolist())
+        return solver
+
     @torch.no_grad()
     def sample(self, batch_size: int, conditions: Conditions | None = None, sampler: str = "ddpm",
                n_sample_steps: int | None = None, eta: float = 0.0, generator: torch.Generator | None = None,
@@ -197,7 +221,9 @@ class GaussianDiffusion(nn.Module):
         """Draw `batch_size` segments, inpainting `conditions` at every step.
 
         `sampler="ddpm"` runs all `n_steps` ancestral steps; `sampler="ddim"` runs `n_sample_steps` (default
-        all) evenly spaced steps with stochasticity `eta` (0: deterministic given the initial noise). All
+        all) evenly spaced steps with stochasticity `eta` (0: deterministic given the initial noise);
+        `sampler="dpm"` runs `n_sample_steps` steps of second-order DPM-Solver++ (diffusers'; `eta > 0`: its SDE
+        variant), guided as DDIM is. All
         randomness comes from `generator` (on the model's device), so a seed reproduces the samples; a guide
         with `scale=0` gives exactly the unguided samples (and costs no gradient).
         """
@@ -206,7 +232,8 @@ class GaussianDiffusion(nn.Module):
         if sampler == "ddpm" and n_sample_steps not in (None, self.schedule.n_steps):
             raise UserError(f"The DDPM sampler runs all {self.schedule.n_steps} diffusion steps; to sample "
                             f"with {n_sample_steps} steps use sampler='ddim'.")
-        timesteps = self.schedule.sampling_timesteps(n_sample_steps).tolist()
+        solver = self._dpm_solver(n_sample_steps, eta > 0) if sampler == "dpm" else None
+        timesteps = (solver.timesteps if solver else self.schedule.sampling_timesteps(n_sample_steps)).tolist()
         shape = (batch_size, self.horizon, self.transition_dim)
         x = apply_conditioning(torch.randn(shape, generator=generator, device=self.device), conditions,
                                self.action_dim)
@@ -215,9 +242,12 @@ class GaussianDiffusion(nn.Module):
             t = torch.full((batch_size,), step, device=self.device, dtype=torch.long)
             if sampler == "ddpm":
                 x, values = self._ddpm_step(x, t, conditions, guide, generator)
-            else:
+            elif sampler == "ddim":
                 t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
                 x, values = self._ddim_step(x, t, t_prev, eta, guide, generator)
+            else:
+                x0, _, values = self._guided_prediction(x, t, guide)
+                x = solver.step(x0, solver.timesteps[i], x, generator=generator).prev_sample
             x = apply_conditioning(x, conditions, self.action_dim)
             if return_chain:
                 chain.append(x)
