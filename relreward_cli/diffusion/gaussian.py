@@ -201,12 +201,8 @@ class GaussianDiffusion(nn.Module):
         (`prediction_type="sample"`), at the steps of :meth:`NoiseSchedule.sampling_timesteps` (the last is
         step 0, so the final x_0 estimate is taken where almost no noise is left); `stochastic` takes its SDE
         variant."""
-        try:
-            from diffusers import DPMSolverMultistepScheduler
-        except ImportError as err:
-            raise UserError("sampler=dpm runs the diffusers library's DPM-Solver++, which is not installed: "
-                            "`pip install diffusers` (or `pip install 'relreward[images]'`), or use ddpm or ddim."
-                            ) from err
+        from diffusers import DPMSolverMultistepScheduler  # imported here: it takes seconds, and only dpm needs it
+
         solver = DPMSolverMultistepScheduler(
             num_train_timesteps=self.schedule.n_steps, trained_betas=self.schedule.betas.double().cpu().numpy(),
             prediction_type="sample", algorithm_type="sde-dpmsolver++" if stochastic else "dpmsolver++",
