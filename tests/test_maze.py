@@ -105,3 +105,34 @@ def test_open_maze_env_and_geometry_agree():
         assert np.allclose(obs["desired_goal"], geometry.cell_to_xy(np.array([2, 3])), atol=0.3)
     finally:
         env.close()
+
+
+def _world_noise(cfg, t: int) -> float:
+    """The noise of diffusion step t relative to the signal (sigma_t / sqrt(alpha_bar_t), normalized units) in
+    world units: times the geometric mean over x and y of the limits normalizer's scale, which for generated
+    Maze2D data is the free space's half extent less the 0.25 margin the ball keeps from the walls."""
+    from relreward_cli.diffusion.schedule import NoiseSchedule
+
+    alpha_bar = float(NoiseSchedule(cfg.diffusion.n_steps, cfg.diffusion.schedule).alpha_bars[t])
+    free = MazeGeometry.from_name(cfg.env.maze).free_cells()
+    half_extents = [(free[:, axis].max() - free[:, axis].min() + 1) / 2 - 0.25 for axis in (0, 1)]
+    return ((1 - alpha_bar) / alpha_bar) ** 0.5 * float(np.sqrt(np.prod(half_extents)))
+
+
+def test_every_maze_reports_at_the_world_noise_of_the_umaze_report_time():
+    """report_t is chosen once (U-maze, goal (1,1), seed 0); the other mazes read the reward at the step whose
+    noise spans the same world distance, not at a t tuned on their own results."""
+    from hydra import compose, initialize_config_dir
+
+    from relreward_cli.cli import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfgs = {maze: compose("extract", [f"env=maze2d_{maze}"]) for maze in MAZE_MAPS}
+    umaze = cfgs["umaze"]
+    assert umaze.extract.report_t == 10
+    target = _world_noise(umaze, umaze.extract.report_t)
+    assert 1.4 < target < 1.55  # world units: about one and a half cells
+    for maze, cfg in cfgs.items():
+        steps = range(cfg.diffusion.n_steps - 1)
+        nearest = min(steps, key=lambda t, cfg=cfg: abs(_world_noise(cfg, t) - target))
+        assert cfg.extract.report_t == nearest, (maze, [round(_world_noise(cfg, t), 2) for t in steps])
