@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 PLANNER_COLUMNS = ("base", "guided", "ranked", "guided_ranked", "expert")  # steer-eval's planners
 REWARD_PLANNER_COLUMNS = ("guided", "ranked", "guided_ranked")
 COLUMNS: list[tuple[str, str, str]] = [
-    ("reward corr., binned (report t)", "headline/binned_pearson", "reward correlation (Pearson r)"),
     ("reward corr., resting (report t)", "headline/pearson", "reward correlation (Pearson r)"),
+    ("reward corr., binned (report t)", "headline/binned_pearson", "reward correlation (Pearson r)"),
     ("accuracy (report t)", "headline/accuracy", "held-out accuracy"),
     ("AUROC (report t)", "headline/auroc", "held-out AUROC"),
     ("reward corr. (best t)", "pearson/best", "reward correlation (Pearson r)"),

@@ -192,10 +192,10 @@ class Maze2DFamily(TrajectoryFamily):
         per_t = ", ".join(f"t={key.removeprefix('pearson/t')}: {value:.3f}" for key, value in summary.items()
                           if key.startswith("pearson/t"))
         return (f"Learned reward vs ground truth (negative geodesic distance to the goal) at t={summary['report_t']} "
-                f"(fixed in the config): fresh base trajectories binned by position, Pearson "
-                f"{summary['headline/binned_pearson']:.3f}; expert vs base windows, held-out accuracy "
-                f"{summary['headline/accuracy']:.3f}; resting-segment map, Pearson {summary['headline/pearson']:.3f} "
-                f"({per_t}).\nHeatmaps: {summary['heatmap']}, {summary['binned_heatmap']}")
+                f"(fixed in the config): resting-segment map, Pearson {summary['headline/pearson']:.3f} ({per_t}); "
+                f"fresh base trajectories binned by position, Pearson {summary['headline/binned_pearson']:.3f}; "
+                f"expert vs base windows, held-out accuracy {summary['headline/accuracy']:.3f}.\n"
+                f"Heatmaps: {summary['heatmap']}, {summary['binned_heatmap']}")
 
 
 FAMILY = Maze2DFamily
