@@ -1,6 +1,6 @@
 """Planning latency per replanning step of each steer-eval planner (base, guided, ranked, guided_ranked, expert):
-one batch of plans for `--envs` states, DDPM and DDIM, at the model sizes of a Maze2D demo and of the locomotion
-quick preset (untrained weights: latency does not depend on them).
+one batch of plans for `--envs` states, DDPM, DDIM and DPM-Solver++, at the model sizes of a Maze2D demo and of the
+locomotion quick preset (untrained weights: latency does not depend on them).
 
     python scripts/bench_plan.py [--device cpu|cuda] [--envs 10] [--plans 4] [--repeats 3] [--shapes maze2d hopper]
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--envs", type=int, default=10, help="states planned for at once")
     parser.add_argument("--plans", type=int, default=4, help="plans per state of the ranked planners")
-    parser.add_argument("--ddim-steps", type=int, default=5)
+    parser.add_argument("--few-steps", type=int, default=5, help="steps of the DDIM and DPM-Solver++ rows")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shapes", nargs="+", default=["maze2d", "halfcheetah", "hopper"], choices=list(SHAPES))
     args = parser.parse_args()
@@ -59,7 +59,7 @@ def main() -> None:
                                Path("bench"))
         guide = RewardGuide(reward, 1.0, sc.n_guide_steps, sc.t_stopgrad, sc.scale_grad_by_std, sc.rank_t)
         states = np.zeros((args.envs, spec.obs_dim), np.float32)
-        for sampler, steps in (("ddpm", None), ("ddim", args.ddim_steps)):
+        for sampler, steps in (("ddpm", None), ("ddim", args.few_steps), ("dpm", args.few_steps)):
             for name, (planning_model, planning_guide, n_plans) in planner_settings(model, model, guide,
                                                                                    args.plans).items():
                 planner = GuidedPlanner(planning_model, planning_guide, n_plans, sampler, steps,
