@@ -250,3 +250,27 @@ def test_reward_features_script_correlates_the_reward_with_each_observation(pipe
                           capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("segment return") == 4 and "obs[3] (mean)" in proc.stdout  # 2 datasets x 2 t
+
+
+def test_other_evaluation_settings_evaluate_a_finished_extraction_again(smoke_data, tmp_path, cli):
+    """A finished pipeline asked for another report time evaluates its reward again, so the headline is never a
+    stale one, without training anything again; with the same settings it skips every stage."""
+    run_root = tmp_path / "runs"
+    common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
+    cli(["pipeline", *common], tmp_path, check=True)
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    reward, model = (run_dir / "extract" / "reward.pt").read_bytes(), (run_dir / "diffusion_base" / "model.pt")
+    model_mtime = model.stat().st_mtime_ns
+    first = json.loads((run_dir / "extract" / "metrics.json").read_text())
+    assert first["report_t"] == 2 and first["evaluation"]["report_t"] == 2
+
+    cli(["pipeline", *common, "extract.report_t=0"], tmp_path, check=True)
+    again = json.loads((run_dir / "extract" / "metrics.json").read_text())
+    assert again["report_t"] == 0 and again["evaluation"]["report_t"] == 0
+    assert again["headline/pearson"] == again["pearson/t0"] != first["headline/pearson"]
+    assert json.loads((run_dir / "metrics.json").read_text())["headline/pearson"] == again["headline/pearson"]
+    assert (run_dir / "extract" / "reward.pt").read_bytes() == reward and model.stat().st_mtime_ns == model_mtime
+
+    extract_mtime = (run_dir / "extract" / "metrics.json").stat().st_mtime_ns
+    cli(["pipeline", *common, "extract.report_t=0"], tmp_path, check=True)
+    assert (run_dir / "extract" / "metrics.json").stat().st_mtime_ns == extract_mtime

@@ -26,8 +26,14 @@ from relreward_cli.training import seed_everything
 
 # Extraction settings that do not shape the reward: saving, logging, how it is evaluated, and n_steps (see
 # train_diffusion.RESULT_NEUTRAL_TRAIN_KEYS).
-RESULT_NEUTRAL_EXTRACT_KEYS = ("n_steps", "save_every", "log_every", "eval_t", "report_t", "eval_noise_samples",
-                               "eval_segments", "grid_resolution")
+EVALUATION_KEYS = ("eval_t", "report_t", "eval_noise_samples", "eval_segments", "grid_resolution")
+RESULT_NEUTRAL_EXTRACT_KEYS = ("n_steps", "save_every", "log_every", *EVALUATION_KEYS)
+
+
+def evaluation_settings(cfg: DictConfig) -> dict:
+    """How the reward is evaluated (``extract``'s evaluation keys), recorded in ``metrics.json``: a finished
+    extraction asked to be evaluated otherwise is evaluated again (its reward is kept)."""
+    return config_subset(cfg, {"extract": EVALUATION_KEYS})["extract"]
 
 
 def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, device: torch.device) -> dict:
@@ -76,6 +82,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
                    "steps_per_s": result.steps_per_s, "peak_memory_mb": result.peak_memory_mb, "device": str(device)}
         _plot_loss_bands(tracker)
         metrics |= domain.reward_diagnostics(cfg, reward, segments, tracker)
+        metrics["evaluation"] = evaluation_settings(cfg)
         tracker.summary(metrics)
     print_summary_table(f"extract {cfg.env.name} -> {run_dir}", metrics)
     return metrics

@@ -27,18 +27,21 @@ from relreward_cli.stages.common import apply_threads, hydra_run_dir, torch_devi
 from relreward_cli.tracking import print_summary_table, write_json_atomic
 
 
-def _finished(run_dir: Path, artifact: str, made_from: dict) -> dict | None:
-    """The stage's summary if its artifact and ``metrics.json`` exist and it was made from ``made_from``
-    (its provenance); else None, and the stage runs (or resumes, or starts afresh when stale)."""
+def _finished(run_dir: Path, artifact: str, made_from: dict, evaluation: dict | None = None) -> dict | None:
+    """The stage's summary if its artifact and ``metrics.json`` exist, it was made from ``made_from`` (its
+    provenance) and, when given, evaluated with ``evaluation`` (the summary's ``evaluation`` entry); else None,
+    and the stage runs (or resumes, or starts afresh when stale, or only evaluates again)."""
     metrics = run_dir / "metrics.json"
     if not ((run_dir / artifact).is_file() and metrics.is_file() and provenance.matches(run_dir, made_from)):
         return None
-    return json.loads(metrics.read_text())
+    summary = json.loads(metrics.read_text())
+    return summary if evaluation is None or summary.get("evaluation") == evaluation else None
 
 
-def _run_stage(run_dir: Path, artifact: str, made_from: dict, stage) -> dict:
-    """Skip a finished stage of the same provenance, else run ``stage()`` and record what it was made from."""
-    metrics = _finished(run_dir, artifact, made_from)
+def _run_stage(run_dir: Path, artifact: str, made_from: dict, stage, evaluation: dict | None = None) -> dict:
+    """Skip a finished stage of the same provenance (and evaluation), else run ``stage()`` and record what it was
+    made from."""
+    metrics = _finished(run_dir, artifact, made_from, evaluation)
     if metrics is None:
         metrics = stage()
         write_json_atomic(run_dir / provenance.PROVENANCE_FILE, made_from)
@@ -78,7 +81,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     stage_dir, start = run_dir / "extract", time.perf_counter()
     metrics = _run_stage(stage_dir, REWARD_FILE, extract.made_from(cfg, models["base"], models["expert"], device),
                          partial(extract.run, cfg, stage_dir, models["base"], models["expert"], group,
-                                 start_afresh=True))
+                                 start_afresh=True), extract.evaluation_settings(cfg))
     seconds["extract"] = time.perf_counter() - start
     summary |= domain.summary_for_pipeline(metrics)
 
