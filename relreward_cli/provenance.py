@@ -6,7 +6,9 @@ used again (to resume a checkpoint, or by `pipeline` to skip a finished stage), 
 current command would make; otherwise the stage refuses, saying what differs and which override starts
 afresh, or, when asked to (`overwrite=true`, or inside `pipeline`, which reruns what is stale), moves the old
 files into `superseded-<time>/` in the folder and starts again. Settings that do not change the result (how
-often to log or save, `n_steps`, which a resumed run may extend) are left out of the record.
+often to log or save, `n_steps`, which a resumed run may extend) are left out of the record. A setting added to
+relreward after a run was recorded reads, in that older record, as the value that reproduces how the run was
+made (`ADDED_SETTINGS`), so upgrading relreward does not retrain what it already has.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ WORK = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json")
 # What a stage leaves in its folder; moved aside together when the folder is reused for something else.
 STAGE_OUTPUTS = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json", "metrics.jsonl", "plots", "wandb",
                  "wandb_id.txt", "inputs.json", PROVENANCE_FILE)
+# Settings recorded since a later version, by (section, key), with the value that reproduces what runs recorded
+# before them did: an older record that lacks one was made with that value.
+ADDED_SETTINGS: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("extract", "precision"): "fp32"}
 log = logging.getLogger(__name__)
 
 
@@ -77,8 +82,17 @@ def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list
 
 
 def recorded(run_dir: Path) -> dict[str, Any] | None:
+    """The provenance recorded in `run_dir` (None without one), with the settings added since it was written
+    filled in with their earlier behaviour (`ADDED_SETTINGS`) where its section is recorded."""
     path = Path(run_dir) / PROVENANCE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    settings = found.get("settings", {})
+    for (section, key), earlier in ADDED_SETTINGS.items():
+        if isinstance(settings.get(section), dict):
+            settings[section].setdefault(key, earlier)
+    return found
 
 
 def matches(run_dir: Path, current: Mapping[str, Any]) -> bool:

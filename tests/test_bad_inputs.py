@@ -80,6 +80,27 @@ def test_overwrite_sets_the_stale_run_aside_and_starts_afresh(cli, smoke_data, t
     assert '"lr": 0.01' in (run / "provenance.json").read_text()
 
 
+def test_a_record_older_than_a_setting_reads_as_the_behaviour_before_it(tmp_path):
+    """A run recorded before `train.precision` existed was made in float32: reused as such, refused for bf16."""
+    import json
+
+    from relreward_cli import provenance
+    from relreward_cli.errors import UserError
+
+    def current(precision: str) -> dict:
+        return provenance.record({"stage": "train-diffusion", "train": {"lr": 2e-4, "precision": precision}}, {})
+
+    older = {"settings": {"stage": "train-diffusion", "train": {"lr": 2e-4}}, "inputs": {}}
+    (tmp_path / "provenance.json").write_text(json.dumps(older))
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    assert provenance.matches(tmp_path, current("fp32"))
+    provenance.claim(tmp_path, current("fp32"), start_afresh=False, how_to_start_afresh="overwrite=true")
+    assert not provenance.matches(tmp_path, current("bf16"))
+    with pytest.raises(UserError, match="settings.train.precision: fp32 -> bf16"):
+        provenance.claim(tmp_path, current("bf16"), start_afresh=False, how_to_start_afresh="overwrite=true")
+    assert (tmp_path / "model.pt").read_bytes() == b"weights"
+
+
 def test_extract_refuses_to_reuse_a_reward_of_other_models(cli, trained, tmp_path):
     """The base model changed (here: another run folder's model passed in) since the reward was extracted."""
     other = tmp_path / "other-base"
