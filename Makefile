@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/relreward pipeline device=cpu
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile  # test files side by side, one per core
 
 lint: install
 	$(BIN)/ruff check .

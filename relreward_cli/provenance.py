@@ -34,7 +34,8 @@ STAGE_OUTPUTS = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json", "metr
                  "wandb_id.txt", "inputs.json", PROVENANCE_FILE)
 # Settings recorded since a later version, by (section, key), with the value that reproduces what runs recorded
 # before them did: an older record that lacks one was made with that value.
-ADDED_SETTINGS: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("extract", "precision"): "fp32"}
+ADDED_SETTINGS: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("extract", "precision"): "fp32",
+                                              ("reward", "architecture"): "default"}
 log = logging.getLogger(__name__)
 
 
