@@ -61,6 +61,24 @@ def test_base_episodes_wander():
         replace(SETTINGS, kind="random")
 
 
+def test_random_path_ties_spread_the_open_arena_expert_and_are_recorded_only_when_chosen():
+    """D4RL's order sends every open-arena expert up first and along the top row to the top-left goal; broken at
+    random, the paths cover the arena's middle row as well. The default recipe's metadata is what it was before the
+    setting existed."""
+    arena = MazeGeometry.from_name("open")
+    settings = replace(SETTINGS, maze="open", n_episodes=12, episode_steps=60, goal_cell=(1, 1))
+    share_on_middle_row = {}
+    for ties in ("first", "random"):
+        episodes = generate_maze2d_episodes(replace(settings, path_ties=ties), progress=False)
+        rows = np.concatenate([arena.xy_to_cell(e["observations"][:, :2])[:, 0] for e in episodes])
+        share_on_middle_row[ties] = float(np.mean(rows == 2))
+    assert share_on_middle_row["random"] > share_on_middle_row["first"] + 0.05, share_on_middle_row
+    assert "path_ties" not in settings.metadata() and settings.metadata()["seed"] == settings.seed
+    assert replace(settings, path_ties="random").metadata()["path_ties"] == "random"
+    with pytest.raises(UserError, match="path_ties"):
+        replace(settings, path_ties="diagonal")
+
+
 def test_minari_round_trip(expert_episodes, tmp_path, monkeypatch):
     env, metadata = make_maze_env("umaze", max_episode_steps=250), SETTINGS.metadata()
     path = write_minari_dataset(DATASET_ID, expert_episodes, env, metadata, tmp_path)

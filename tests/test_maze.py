@@ -136,3 +136,18 @@ def test_every_maze_reports_at_the_world_noise_of_the_umaze_report_time():
         steps = range(cfg.diffusion.n_steps - 1)
         nearest = min(steps, key=lambda t, cfg=cfg: abs(_world_noise(cfg, t) - target))
         assert cfg.extract.report_t == nearest, (maze, [round(_world_noise(cfg, t), 2) for t in steps])
+
+
+def test_ties_between_shortest_paths_follow_d4rl_order_or_are_drawn_at_random():
+    """In the open arena every monotone staircase is a shortest path: D4RL's controller always takes the same one
+    (up first), a path_rng spreads over several, each still shortest and made of 4-neighbour steps."""
+    arena = MazeGeometry.from_name("open")
+    start, goal = (3, 5), (1, 1)
+    length = int(arena.cell_distances(goal)[start]) + 1
+    assert arena.shortest_path(start, goal)[:3] == [(3, 5), (2, 5), (1, 5)]  # up first, then along the top row
+    paths = {tuple(arena.shortest_path(start, goal, np.random.default_rng(seed))) for seed in range(20)}
+    assert len(paths) > 3
+    for path in paths:
+        assert len(path) == length and path[0] == start and path[-1] == goal
+        assert all(abs(r1 - r2) + abs(c1 - c2) == 1 for (r1, c1), (r2, c2) in zip(path[:-1], path[1:], strict=True))
+    assert UMAZE.shortest_path((3, 1), GOAL, np.random.default_rng(0)) == UMAZE.shortest_path((3, 1), GOAL)

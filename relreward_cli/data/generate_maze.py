@@ -30,6 +30,7 @@ from relreward_cli.errors import UserError
 
 METADATA_KEY = "relreward"
 KINDS = ("base", "expert")
+PATH_TIES = ("first", "random")  # how the controller picks among equally short cell paths (see `Maze2DGeneration`)
 GOAL_RADIUS = 0.1  # world units: a wandering target counts as reached this close (D4RL's solve_thresh)
 
 
@@ -39,7 +40,9 @@ class Maze2DGeneration:
 
     maze: umaze, medium or large; kind: base or expert; episode_steps: env steps per episode; goal_cell:
     (row, col) of the expert's goal; action_noise: std of the Gaussian noise added to the controller's actions;
-    goal_timeout: steps a base episode pursues one target (None: the maze's max episode steps).
+    goal_timeout: steps a base episode pursues one target (None: the maze's max episode steps); path_ties: first
+    (D4RL's controller: the first equally short neighbour cell in a fixed order, so in open space paths run along
+    one row or column first) or random (drawn uniformly from its own stream, seeded by `seed`).
     """
 
     maze: str
@@ -50,21 +53,28 @@ class Maze2DGeneration:
     action_noise: float
     seed: int
     goal_timeout: int | None = None
+    path_ties: str = "first"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"Unknown dataset kind '{self.kind}'. Choose one of: {', '.join(KINDS)}.")
+        if self.path_ties not in PATH_TIES:
+            raise UserError(f"env.generate.path_ties={self.path_ties} is not one of {', '.join(PATH_TIES)}: first "
+                            "(D4RL's controller) or random (ties between equally short paths broken at random).")
         object.__setattr__(self, "goal_cell", MazeGeometry.from_name(self.maze).check_free(self.goal_cell))
         if self.goal_timeout is None:
             object.__setattr__(self, "goal_timeout", maze_environment(self.maze).max_episode_steps)
 
     def metadata(self) -> dict:
         """JSON-ready record of these settings with the maze map, the goal cell and its centre (world xy), the
-        Gymnasium id and the controller's gains."""
+        Gymnasium id and the controller's gains. `path_ties` is recorded only when not `first`, the recipe of
+        datasets written before the setting existed, so that those stay valid."""
         geometry = MazeGeometry.from_name(self.maze)
         controller = WaypointController(geometry)
+        settings = {key: value for key, value in asdict(self).items()
+                    if not (key == "path_ties" and value == "first")}
         return {
-            "generator": "maze2d_waypoint", **asdict(self), "goal_cell": list(self.goal_cell),
+            "generator": "maze2d_waypoint", **settings, "goal_cell": list(self.goal_cell),
             "gym_id": maze_environment(self.maze).gym_id, "maze_map": geometry.maze_map.tolist(),
             "maze_scaling": geometry.scaling, "goal_xy": geometry.cell_to_xy(np.array(self.goal_cell)).tolist(),
             "goal_radius": GOAL_RADIUS,
@@ -92,7 +102,8 @@ def generate_maze2d_episodes(settings: Maze2DGeneration, progress: bool = True) 
     starts = free if kind == "base" else free[(free != goal).any(axis=1)]
     rng = np.random.default_rng(settings.seed)
     env = make_maze_env(settings.maze, max_episode_steps=settings.episode_steps)
-    controller = WaypointController(geometry)
+    path_rng = np.random.default_rng([settings.seed, 1]) if settings.path_ties == "random" else None
+    controller = WaypointController(geometry, path_rng=path_rng)
     goal_xy = geometry.cell_to_xy(goal)
     episodes = []
     for _ in tqdm(range(settings.n_episodes), desc=f"{settings.maze} {kind} episodes", disable=not progress):

@@ -111,8 +111,11 @@ class MazeGeometry:
                     queue.append(neighbor)
         return dist
 
-    def shortest_path(self, start_cell, goal_cell) -> list[Cell]:
-        """Cells from `start_cell` to `goal_cell` inclusive, each a 4-neighbour of the one before."""
+    def shortest_path(self, start_cell, goal_cell, rng: np.random.Generator | None = None) -> list[Cell]:
+        """Cells from `start_cell` to `goal_cell` inclusive, each a 4-neighbour of the one before. Where several
+        neighbours are equally near the goal, the first in `NEIGHBORS` order (up, down, left, right) is taken, as
+        D4RL's controller does (in open space its paths run along one row or column first), or, given `rng`, one
+        drawn uniformly."""
         start = self.check_free(start_cell)
         dist = self.cell_distances(goal_cell)
         if np.isinf(dist[start]):
@@ -120,8 +123,9 @@ class MazeGeometry:
         path = [start]
         while dist[path[-1]] > 0:
             row, col = path[-1]
-            neighbors = [(row + d_row, col + d_col) for d_row, d_col in NEIGHBORS]
-            path.append(min((cell for cell in neighbors if self.is_free(cell)), key=lambda cell: dist[cell]))
+            nearer = [cell for d_row, d_col in NEIGHBORS if self.is_free(cell := (row + d_row, col + d_col))
+                      and dist[cell] == dist[row, col] - 1]
+            path.append(nearer[0] if rng is None else nearer[rng.integers(len(nearer))])
         return path
 
     def distance_field(
@@ -187,10 +191,13 @@ class WaypointController:
     """
 
     def __init__(
-        self, geometry: MazeGeometry, p_gain: float = 10.0, d_gain: float = 1.0, waypoint_radius: float = 0.1
+        self, geometry: MazeGeometry, p_gain: float = 10.0, d_gain: float = 1.0, waypoint_radius: float = 0.1,
+        path_rng: np.random.Generator | None = None,
     ):
+        """`path_rng`: breaks ties between equally short cell paths at random (None: D4RL's fixed order; see
+        :meth:`MazeGeometry.shortest_path`)."""
         self.geometry, self.p_gain, self.d_gain = geometry, p_gain, d_gain
-        self.waypoint_radius = waypoint_radius
+        self.waypoint_radius, self.path_rng = waypoint_radius, path_rng
         self.reset()
 
     def reset(self) -> None:
@@ -201,7 +208,7 @@ class WaypointController:
 
     def plan(self, position: np.ndarray, target: np.ndarray) -> None:
         start, goal = self.geometry.xy_to_cell(np.stack([position, target]))
-        self.target, self.path, self.index = target.copy(), self.geometry.shortest_path(start, goal), 0
+        self.target, self.path, self.index = target.copy(), self.geometry.shortest_path(start, goal, self.path_rng), 0
         self.waypoints = np.concatenate([self.geometry.cell_to_xy(np.array(self.path[1:-1]).reshape(-1, 2)),
                                          target[None]])
 

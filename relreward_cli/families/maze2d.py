@@ -59,6 +59,15 @@ def maze_goal(cfg: DictConfig) -> tuple[MazeGeometry, np.ndarray]:
     return geometry, geometry.cell_to_xy(np.asarray(goal))
 
 
+def generation(cfg: DictConfig, kind: str, size: DictConfig, seed: int) -> Maze2DGeneration:
+    """The env's dataset recipe (``env.generate``) for ``kind`` episodes of ``size`` (``n_episodes``,
+    ``episode_steps``) drawn with ``seed``."""
+    gen = cfg.env.generate
+    return Maze2DGeneration(maze=cfg.env.maze, kind=kind, n_episodes=size.n_episodes,
+                            episode_steps=size.episode_steps, goal_cell=tuple(cfg.env.goal_cell),
+                            action_noise=gen.action_noise, seed=seed, path_ties=gen.get("path_ties", "first"))
+
+
 class Maze2DFamily(TrajectoryFamily):
     name = "maze2d"
 
@@ -75,9 +84,7 @@ class Maze2DFamily(TrajectoryFamily):
             if source_kind != "generated":
                 raise UserError(f"env.{kind}_data={cfg.env[f'{kind}_data']} is not a generated:<id> source, so "
                                 "make-dataset has nothing to write; use generated:<namespace>/<name>-v0.")
-            settings = Maze2DGeneration(maze=cfg.env.maze, kind=kind, n_episodes=gen[kind].n_episodes,
-                                        episode_steps=gen[kind].episode_steps, goal_cell=tuple(cfg.env.goal_cell),
-                                        action_noise=gen.action_noise, seed=gen.seed + (0 if kind == "base" else 1))
+            settings = generation(cfg, kind, gen[kind], seed=gen.seed + (0 if kind == "base" else 1))
             wanted = settings.metadata()
             steps = settings.n_episodes * settings.episode_steps
             if dataset_up_to_date(dataset_id, wanted, root, overwrite):
@@ -161,9 +168,7 @@ class Maze2DFamily(TrajectoryFamily):
         gen, ev, spec = cfg.env.generate, cfg.env.evaluate, reward.spec
         windows = []
         for offset, kind in enumerate(("base", "expert")):
-            settings = Maze2DGeneration(maze=cfg.env.maze, kind=kind, n_episodes=ev[kind].n_episodes,
-                                        episode_steps=ev[kind].episode_steps, goal_cell=tuple(cfg.env.goal_cell),
-                                        action_noise=gen.action_noise, seed=gen.seed + 1000 + offset)
+            settings = generation(cfg, kind, ev[kind], seed=gen.seed + 1000 + offset)
             episodes = [Episode(e["observations"], e["actions"], e["rewards"], e["terminations"], e["truncations"])
                         for e in generate_maze2d_episodes(settings, progress=False)]
             windows.append(episode_windows(episodes, spec.horizon, spec.use_actions, ev.windows,
