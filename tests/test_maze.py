@@ -151,3 +151,19 @@ def test_ties_between_shortest_paths_follow_d4rl_order_or_are_drawn_at_random():
         assert len(path) == length and path[0] == start and path[-1] == goal
         assert all(abs(r1 - r2) + abs(c1 - c2) == 1 for (r1, c1), (r2, c2) in zip(path[:-1], path[1:], strict=True))
     assert UMAZE.shortest_path((3, 1), GOAL, np.random.default_rng(0)) == UMAZE.shortest_path((3, 1), GOAL)
+
+
+def test_the_open_arena_breaks_path_ties_at_random_in_its_own_dataset_version():
+    """The open arena's recipe differs from D4RL's fixed order, so its datasets are v1 (v0 made the other way stays
+    valid beside it); the walled mazes keep D4RL's order and v0."""
+    from hydra import compose, initialize_config_dir
+
+    from relreward_cli.cli import CONFIG_DIR
+    from relreward_cli.families.maze2d import generation
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        arena, umaze = (compose("pipeline", [f"env={name}"]) for name in ("maze2d_open", "maze2d_umaze"))
+    assert generation(arena, "expert", arena.env.generate.expert, seed=1).path_ties == "random"
+    assert arena.env.expert_data.endswith("-v1") and arena.env.base_data.endswith("-v1")
+    assert generation(umaze, "expert", umaze.env.generate.expert, seed=1).path_ties == "first"
+    assert umaze.env.expert_data.endswith("-v0")
