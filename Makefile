@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/relreward pipeline device=cpu threads=1  # one thread: the same figures on any machine (README)
+	$(BIN)/relreward pipeline device=cpu threads=1  # one thread: figures independent of the core count (README)
 
 test: install
 	$(BIN)/python -m pytest -n auto --dist loadfile  # test files side by side, one per core

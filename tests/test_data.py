@@ -61,10 +61,9 @@ def test_base_episodes_wander():
         replace(SETTINGS, kind="random")
 
 
-def test_random_path_ties_spread_the_open_arena_expert_and_are_recorded_only_when_chosen():
+def test_random_path_ties_spread_the_open_arena_expert():
     """D4RL's order sends every open-arena expert up first and along the top row to the top-left goal; broken at
-    random, the paths cover the arena's middle row as well. The default recipe's metadata is what it was before the
-    setting existed."""
+    random, the paths cover the arena's middle row as well."""
     arena = MazeGeometry.from_name("open")
     settings = replace(SETTINGS, maze="open", n_episodes=12, episode_steps=60, goal_cell=(1, 1))
     share_on_middle_row = {}
@@ -73,10 +72,26 @@ def test_random_path_ties_spread_the_open_arena_expert_and_are_recorded_only_whe
         rows = np.concatenate([arena.xy_to_cell(e["observations"][:, :2])[:, 0] for e in episodes])
         share_on_middle_row[ties] = float(np.mean(rows == 2))
     assert share_on_middle_row["random"] > share_on_middle_row["first"] + 0.05, share_on_middle_row
-    assert "path_ties" not in settings.metadata() and settings.metadata()["seed"] == settings.seed
-    assert replace(settings, path_ties="random").metadata()["path_ties"] == "random"
     with pytest.raises(UserError, match="path_ties"):
         replace(settings, path_ties="diagonal")
+
+
+def test_a_dataset_is_reused_only_for_its_own_path_ties(expert_episodes, tmp_path):
+    """A dataset written before `path_ties` existed was made with D4RL's order: reused for `first`, refused for
+    `random`; one made with `random` is refused for `first`."""
+    from relreward_cli.data.generate_maze import ADDED_SETTINGS
+    from relreward_cli.families.trajectory import dataset_up_to_date
+
+    env = make_maze_env("umaze", max_episode_steps=250)
+    first, random = SETTINGS.metadata(), replace(SETTINGS, path_ties="random").metadata()
+    older = {key: value for key, value in first.items() if key != "path_ties"}
+    write_minari_dataset("relreward/older-v0", expert_episodes, env, older, tmp_path)
+    write_minari_dataset("relreward/random-v0", expert_episodes, env, random, tmp_path)
+    assert dataset_up_to_date("relreward/older-v0", first, tmp_path, False, ADDED_SETTINGS)
+    with pytest.raises(UserError, match="path_ties"):
+        dataset_up_to_date("relreward/older-v0", random, tmp_path, False, ADDED_SETTINGS)
+    with pytest.raises(UserError, match="path_ties"):
+        dataset_up_to_date("relreward/random-v0", first, tmp_path, False, ADDED_SETTINGS)
 
 
 def test_minari_round_trip(expert_episodes, tmp_path, monkeypatch):

@@ -31,6 +31,8 @@ from relreward_cli.errors import UserError
 METADATA_KEY = "relreward"
 KINDS = ("base", "expert")
 PATH_TIES = ("first", "random")  # how the controller picks among equally short cell paths (see `Maze2DGeneration`)
+# Settings added to the recipe after datasets were written, with the value those datasets were made with.
+ADDED_SETTINGS = {"path_ties": "first"}
 GOAL_RADIUS = 0.1  # world units: a wandering target counts as reached this close (D4RL's solve_thresh)
 
 
@@ -67,14 +69,11 @@ class Maze2DGeneration:
 
     def metadata(self) -> dict:
         """JSON-ready record of these settings with the maze map, the goal cell and its centre (world xy), the
-        Gymnasium id and the controller's gains. `path_ties` is recorded only when not `first`, the recipe of
-        datasets written before the setting existed, so that those stay valid."""
+        Gymnasium id and the controller's gains."""
         geometry = MazeGeometry.from_name(self.maze)
         controller = WaypointController(geometry)
-        settings = {key: value for key, value in asdict(self).items()
-                    if not (key == "path_ties" and value == "first")}
         return {
-            "generator": "maze2d_waypoint", **settings, "goal_cell": list(self.goal_cell),
+            "generator": "maze2d_waypoint", **asdict(self), "goal_cell": list(self.goal_cell),
             "gym_id": maze_environment(self.maze).gym_id, "maze_map": geometry.maze_map.tolist(),
             "maze_scaling": geometry.scaling, "goal_xy": geometry.cell_to_xy(np.array(self.goal_cell)).tolist(),
             "goal_radius": GOAL_RADIUS,

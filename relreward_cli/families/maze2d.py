@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from relreward_cli.data.generate_maze import (
+    ADDED_SETTINGS,
     Maze2DGeneration,
     generate_maze2d_episodes,
     read_dataset_metadata,
@@ -87,7 +88,7 @@ class Maze2DFamily(TrajectoryFamily):
             settings = generation(cfg, kind, gen[kind], seed=gen.seed + (0 if kind == "base" else 1))
             wanted = settings.metadata()
             steps = settings.n_episodes * settings.episode_steps
-            if dataset_up_to_date(dataset_id, wanted, root, overwrite):
+            if dataset_up_to_date(dataset_id, wanted, root, overwrite, ADDED_SETTINGS):
                 results[kind] = {"id": dataset_id, "steps": steps, "seconds": 0.0, "status": "exists"}
                 continue
             start = time.perf_counter()

@@ -5,8 +5,10 @@ out in the simulator."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -61,12 +63,15 @@ def one_writer_at_a_time(method):
     return locked
 
 
-def dataset_up_to_date(dataset_id: str, wanted: dict, root: Path, overwrite: bool) -> bool:
+def dataset_up_to_date(dataset_id: str, wanted: dict, root: Path, overwrite: bool,
+                       added: Mapping[str, Any] | None = None) -> bool:
     """True when `dataset_id` exists, its stored metadata holds `wanted` and its episodes can be read; False
-    when it is absent or is to be overwritten; refuses one made with other settings, or damaged."""
+    when it is absent or is to be overwritten; refuses one made with other settings, or damaged. `added`: settings
+    the generator gained after datasets were written, with the value those were made with (a stored record
+    without one reads as that value)."""
     if overwrite or not (root / dataset_id).exists():
         return False
-    found = read_dataset_metadata(dataset_id, root)
+    found = {**(added or {}), **read_dataset_metadata(dataset_id, root)}
     differing = {key: found.get(key) for key in wanted if found.get(key) != wanted[key]}
     if not differing:
         load_episodes(f"generated:{dataset_id}", root)  # a damaged file is refused here, naming overwrite=true
