@@ -253,8 +253,9 @@ def test_reward_features_script_correlates_the_reward_with_each_observation(pipe
 
 
 def test_other_evaluation_settings_evaluate_a_finished_extraction_again(smoke_data, tmp_path, cli):
-    """A finished pipeline asked for another report time evaluates its reward again, so the headline is never a
-    stale one, without training anything again; with the same settings it skips every stage."""
+    """A finished pipeline asked for another report time (or other fresh-episode bins) evaluates its reward again,
+    so the headline is never a stale one, without training anything again; with the same settings it skips every
+    stage."""
     run_root = tmp_path / "runs"
     common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
     cli(["pipeline", *common], tmp_path, check=True)
@@ -271,6 +272,14 @@ def test_other_evaluation_settings_evaluate_a_finished_extraction_again(smoke_da
     assert json.loads((run_dir / "metrics.json").read_text())["headline/pearson"] == again["headline/pearson"]
     assert (run_dir / "extract" / "reward.pt").read_bytes() == reward and model.stat().st_mtime_ns == model_mtime
 
+    # The family's own evaluation settings count too: coarser position bins give fewer bins.
+    coarse = [*common, "extract.report_t=0", "env.evaluate.bin_size=1.0"]
+    cli(["pipeline", *coarse], tmp_path, check=True)
+    binned = json.loads((run_dir / "extract" / "metrics.json").read_text())
+    assert binned["evaluation"]["env.evaluate"]["bin_size"] == 1.0
+    assert binned["binned_bins"] < again["binned_bins"] and binned["pearson/t0"] == again["pearson/t0"]
+    assert (run_dir / "extract" / "reward.pt").read_bytes() == reward
+
     extract_mtime = (run_dir / "extract" / "metrics.json").stat().st_mtime_ns
-    cli(["pipeline", *common, "extract.report_t=0"], tmp_path, check=True)
+    cli(["pipeline", *coarse], tmp_path, check=True)
     assert (run_dir / "extract" / "metrics.json").stat().st_mtime_ns == extract_mtime

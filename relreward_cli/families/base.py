@@ -70,6 +70,12 @@ class EnvFamily(ABC):
         """Metrics and plots of an extracted reward against what is known of the task. Default: none."""
         return {}
 
+    def evaluation_settings(self, cfg: DictConfig) -> dict:
+        """The settings of :meth:`reward_diagnostics` beyond ``extract``'s evaluation keys (e.g. which fresh
+        episodes it draws), recorded with a reward's metrics so that other settings evaluate it again. Default:
+        none."""
+        return {}
+
     @abstractmethod
     def evaluate_steering(self, cfg: DictConfig, base: TrainedDiffusion, expert: TrainedDiffusion,
                           guide: RewardGuide | None, tracker: RunTracker) -> dict:

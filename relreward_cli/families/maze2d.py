@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from relreward_cli.data.generate_maze import (
     ADDED_SETTINGS,
@@ -161,6 +161,10 @@ class Maze2DFamily(TrajectoryFamily):
             "headline/accuracy": metrics[f"accuracy/t{t}"], "headline/pearson": metrics[f"pearson/t{t}"],
             "pearson/best": best, "pearson/best_t": best_t, "binned_bins": int(binned.mask.sum()),
             **{key: str(path) for key, path in paths.items()}}
+
+    def evaluation_settings(self, cfg: DictConfig) -> dict:
+        """``env.evaluate``: the fresh episodes, windows and bin size of :meth:`reward_diagnostics`."""
+        return {"env.evaluate": OmegaConf.to_container(cfg.env.evaluate, resolve=True)}
 
     def heldout_windows(self, cfg: DictConfig, reward: TrainedReward) -> tuple[np.ndarray, np.ndarray]:
         """Raw windows ``(N, horizon, transition_dim)`` of fresh base and expert episodes (generated here with the

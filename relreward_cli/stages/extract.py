@@ -31,9 +31,10 @@ RESULT_NEUTRAL_EXTRACT_KEYS = ("n_steps", "save_every", "log_every", *EVALUATION
 
 
 def evaluation_settings(cfg: DictConfig) -> dict:
-    """How the reward is evaluated (``extract``'s evaluation keys), recorded in ``metrics.json``: a finished
-    extraction asked to be evaluated otherwise is evaluated again (its reward is kept)."""
-    return config_subset(cfg, {"extract": EVALUATION_KEYS})["extract"]
+    """How the reward is evaluated (``extract``'s evaluation keys and the family's own, e.g. Maze2D's
+    ``env.evaluate``), recorded in ``metrics.json``: a finished extraction asked to be evaluated otherwise is
+    evaluated again (its reward is kept)."""
+    return config_subset(cfg, {"extract": EVALUATION_KEYS})["extract"] | families.of(cfg).evaluation_settings(cfg)
 
 
 def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, device: torch.device) -> dict:
