@@ -149,6 +149,8 @@ class TrainConfig(_LoopConfig):
 class ExtractConfig(_LoopConfig):
     """`extract`: the reward network's training and evaluation."""
 
+    ema_decay: float = MISSING
+    ema_start: int = MISSING
     target: str = MISSING
     start_conditioned: float = MISSING
     sample_fraction: float = MISSING
@@ -162,6 +164,8 @@ class ExtractConfig(_LoopConfig):
     def check(self, problems: _Problems) -> None:
         super().check(problems)
         _positive(problems, self, "sample_pool")
+        problems.need(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "in [0, 1) (0: no EMA)")
+        problems.need(self.ema_start >= 0, "ema_start", self.ema_start, "a step >= 0")
         problems.need(self.target in ("score", "posterior_mean"), "target", self.target, "score or posterior_mean")
         _share(problems, self, "start_conditioned", "sample_fraction")
         problems.need(bool(self.eval_t) and min(self.eval_t) >= 0, "eval_t", self.eval_t,

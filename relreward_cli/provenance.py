@@ -35,7 +35,8 @@ STAGE_OUTPUTS = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json", "metr
 # Settings recorded since a later version, by (section, key), with the value that reproduces what runs recorded
 # before them did: an older record that lacks one was made with that value.
 ADDED_SETTINGS: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("extract", "precision"): "fp32",
-                                              ("reward", "architecture"): "default"}
+                                              ("reward", "architecture"): "default", ("extract", "ema_decay"): 0.0,
+                                              ("extract", "ema_start"): 200}
 log = logging.getLogger(__name__)
 
 

@@ -33,6 +33,7 @@ def _assert_refused(proc, *message: str) -> None:
     (["train.save_every=0", "train.lr=0"], "train.lr=0: must be a positive learning rate"),
     (["threads=0"], "threads=0: must be a positive integer"),
     (["train.precision=fp16"], "train.precision=fp16: must be fp32 or bf16"),
+    (["extract.ema_decay=1.0"], "extract.ema_decay=1.0: must be in [0, 1) (0: no EMA)"),
 ])
 def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path, overrides, message):
     run_root = tmp_path / "runs"

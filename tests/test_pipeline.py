@@ -189,6 +189,32 @@ def test_extraction_can_draw_from_model_samples(pipeline_run, smoke_data, tmp_pa
     assert losses[0.0] != losses[0.5]  # the batches really differ
 
 
+def test_extraction_keeps_an_ema_of_the_reward_weights_when_asked(pipeline_run, smoke_data, tmp_path):
+    """With `ema_decay` > 0 the saved reward is the weights' moving average (kept in the checkpoint for a resume);
+    with 0 it is the last weights, as before the option existed."""
+    _, run_dir, _, _ = pipeline_run
+    base, expert = (load_diffusion_model(run_dir / f"diffusion_{kind}") for kind in ("base", "expert"))
+    data = load_segment_pair(base.info["sources"]["base"], base.info["sources"]["expert"], smoke_data.data_dir,
+                             base.spec.horizon, base.spec.use_actions, normalizer=base.normalizer)
+    saved = {}
+    for decay in (0.0, 0.5):
+        folder = tmp_path / str(decay)
+        torch.manual_seed(0)
+        train_reward(base, expert, data, folder, dim=8, dim_mults=(1, 2), n_steps=6, batch_size=8, lr=1e-3,
+                     grad_clip=1.0, save_every=6, log_every=3, generator=torch.Generator().manual_seed(0),
+                     device=torch.device("cpu"), info={"seed": 0}, ema_decay=decay, ema_start=2)
+        checkpoint = load_checkpoint(folder / "checkpoint.pt", kind="reward")
+        saved[decay] = (load_checkpoint(folder / "reward.pt", kind="reward-model")["weights"], checkpoint)
+    weights, checkpoint = saved[0.0]
+    assert checkpoint["ema"] is None
+    assert all(torch.equal(weights[key], checkpoint["model"][key]) for key in weights)
+    weights, checkpoint = saved[0.5]
+    assert checkpoint["ema"]["step"] == 6
+    assert all(torch.equal(weights[key], checkpoint["ema"]["model"][key]) for key in weights)
+    assert not all(torch.equal(weights[key], checkpoint["model"][key]) for key in weights)
+    assert all(torch.equal(checkpoint["model"][key], saved[0.0][1]["model"][key]) for key in weights)  # same run
+
+
 def test_extraction_targets_and_start_conditioning(pipeline_run, smoke_data, tmp_path):
     """The authors' posterior-mean target and start-inpainted batches train, are recorded in reward.pt, and change
     the batches' losses; an unknown target or share is refused before any step."""

@@ -16,6 +16,7 @@ from torch import nn
 from relreward_cli.data.normalizer import Normalizer
 from relreward_cli.data.pairs import SegmentPair
 from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion, check_compatible
+from relreward_cli.diffusion.ema import EMA
 from relreward_cli.diffusion.gaussian import apply_conditioning
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
@@ -69,8 +70,8 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
                  grad_clip: float, save_every: int, log_every: int, generator: torch.Generator,
                  device: torch.device, info: dict[str, Any], sample_fraction: float = 0.0, sample_pool: int = 512,
                  target: str = "score", start_conditioned: float = 0.0, architecture: str = "default",
-                 on_log=None, on_resume=None, autocast_dtype: torch.dtype | None = None
-                 ) -> tuple[TrainedReward, TrainResult]:
+                 ema_decay: float = 0.0, ema_start: int = 0, on_log=None, on_resume=None,
+                 autocast_dtype: torch.dtype | None = None) -> tuple[TrainedReward, TrainResult]:
     """Fit ``r_phi`` so that ``sigma_t grad_x r_phi(x_t, t) = -(eps_expert - eps_base)(x_t, t)`` (``target="score"``)
     or to the posterior-mean difference of the authors' code (``"posterior_mean"``; see ``reward.extraction``).
     ``architecture``: the reward net (``default``: the model network's own, e.g. Diffuser's value-function shape;
@@ -80,7 +81,9 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     of ``sample_pool`` DDPM samples of each model (drawn once, seeded), the rest half from the base and half
     from the expert data. A ``start_conditioned`` share of each batch has its first state inpainted with its
     clean value, as planning's guidance sees ``x_t``; those entries are left out of the loss (guidance never moves
-    them). Resumes from ``run_dir/checkpoint.pt``; writes ``run_dir/reward.pt`` atomically. ``on_log`` /
+    them). With ``ema_decay`` > 0 the saved reward is the exponential moving average of the weights (the
+    first ``ema_start`` steps copy them), else the last weights. Resumes from ``run_dir/checkpoint.pt``; writes
+    ``run_dir/reward.pt`` atomically. ``on_log`` /
     ``on_resume`` / ``autocast_dtype``: see :func:`relreward_cli.training.train_loop`.
     """
     check_compatible(base, expert)
@@ -93,6 +96,7 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     net = reward_network(base.spec.network, architecture)(base.spec.horizon, base.spec.transition_dim, dim=dim,
                                                             dim_mults=tuple(dim_mults)).to(device)
     optimizer = adam(net.parameters(), lr=lr)
+    ema = EMA(net, ema_decay, ema_start) if ema_decay > 0 else None
     base_data, expert_data = segments.base.to(device), segments.expert.to(device)
     schedule = base.diffusion.schedule
     n_samples = round(batch_size * sample_fraction)
@@ -125,10 +129,11 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
              "info": {**info, "base_model": str(base.path), "expert_model": str(expert.path)}}
     result = train_loop(model=net, loss_fn=loss_fn, optimizer=optimizer, n_steps=n_steps,
                         checkpoint_path=run_dir / CHECKPOINT_FILE, generator=generator, extra=extra,
-                        kind="reward", save_every=save_every, log_every=log_every, grad_clip=grad_clip,
+                        kind="reward", ema=ema, save_every=save_every, log_every=log_every, grad_clip=grad_clip,
                         on_log=on_log, on_resume=on_resume, autocast_dtype=autocast_dtype,
                         description="extract")
-    save_checkpoint(run_dir / REWARD_FILE, {"kind": "reward-model", "weights": net.state_dict(),
+    weights = (ema.model if ema is not None else net).state_dict()
+    save_checkpoint(run_dir / REWARD_FILE, {"kind": "reward-model", "weights": weights,
                                             "step": result.step, **extra})
     return load_reward_model(run_dir, device), result
 

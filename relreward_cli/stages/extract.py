@@ -77,6 +77,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
             info={"env": cfg.env.name, "sources": base.info["sources"], "seed": cfg.seed},
             sample_fraction=ec.sample_fraction, sample_pool=ec.sample_pool, target=ec.target,
             start_conditioned=ec.start_conditioned, architecture=cfg.reward.architecture,
+            ema_decay=ec.ema_decay, ema_start=ec.ema_start,
             on_log=log_to(tracker, "extract"), on_resume=tracker.rewind, autocast_dtype=autocast_dtype(ec))
         metrics = {"target": ec.target, "start_conditioned": ec.start_conditioned, "steps": result.step,
                    "final_loss": result.final_loss,
