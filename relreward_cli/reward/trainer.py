@@ -83,8 +83,8 @@ def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: Seg
     clean value, as planning's guidance sees ``x_t``; those entries are left out of the loss (guidance never moves
     them). With ``ema_decay`` > 0 the saved reward is the exponential moving average of the weights (the
     first ``ema_start`` steps copy them), else the last weights. Resumes from ``run_dir/checkpoint.pt``; writes
-    ``run_dir/reward.pt`` atomically. ``on_log`` /
-    ``on_resume`` / ``autocast_dtype``: see :func:`relreward_cli.training.train_loop`.
+    ``run_dir/reward.pt`` atomically. ``on_log`` / ``on_resume`` / ``autocast_dtype``: see
+    :func:`relreward_cli.training.train_loop`.
     """
     check_compatible(base, expert)
     if target not in TARGETS:
