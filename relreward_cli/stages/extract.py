@@ -31,7 +31,7 @@ RESULT_NEUTRAL_EXTRACT_KEYS = ("n_steps", "save_every", "log_every", *EVALUATION
 
 
 def evaluation_settings(cfg: DictConfig) -> dict:
-    """How the reward is evaluated (``extract``'s evaluation keys and the family's own, e.g. Maze2D's
+    """How the reward is evaluated (``extract``'s evaluation keys and the environment's own, e.g. Maze2D's
     ``env.evaluate``), recorded in ``metrics.json``: a finished extraction asked to be evaluated otherwise is
     evaluated again (its reward is kept)."""
     return config_subset(cfg, {"extract": EVALUATION_KEYS})["extract"] | families.of(cfg).evaluation_settings(cfg)
