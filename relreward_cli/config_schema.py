@@ -273,10 +273,43 @@ def _combination_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+NETWORKS_BUILT_FROM_CONFIG = {"pipeline": ("model", "reward"), "train-diffusion": ("model",)}
+"""Per stage, the networks whose horizon comes from `horizon` (the others take it from the models they load)."""
+
+
+def _horizon_problems(cfg: DictConfig) -> list[str]:
+    """A horizon that the networks this stage builds cannot halve down to their deepest level."""
+    horizon, problems = cfg.horizon, []
+    for name in NETWORKS_BUILT_FROM_CONFIG.get(cfg.get("stage"), ()):
+        mults = list(cfg[name].dim_mults)
+        if horizon % 2 ** (len(mults) - 1):
+            problems.append(f"horizon={horizon} with {name}.dim_mults={mults}: {len(mults)} levels halve the horizon "
+                            f"{len(mults) - 1} times, so it must be a multiple of {2 ** (len(mults) - 1)}")
+    return problems
+
+
+def _unresolvable(cfg: DictConfig) -> str | None:
+    """The first value built from others (``${...}``) that cannot be built, e.g. ``env.base_data`` from an
+    ``env.goal_cell`` given as one number."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        return (f"The config cannot be put together: {key} is built from other values and fails ({reason}). "
+                "Check the overrides that set the values it names; nothing was run.")
+    return None
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config whose shared sections have a wrong type, an unknown key or a value out of range, naming
     each (e.g. ``train.batch_size=0: must be a positive integer``), before any work."""
+    if unresolvable := _unresolvable(cfg):
+        raise UserError(unresolvable)
     problems = []
+    seed = cfg.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        problems.append(f"seed={seed}: must be an integer")
     for name, schema in SECTIONS.items():
         if name in cfg:
             problems += _section_problems(name, schema, cfg[name])
@@ -287,7 +320,7 @@ def check_config(cfg: DictConfig) -> None:
     if horizon is not None and (not isinstance(horizon, int) or horizon < 2):
         problems.append(f"horizon={horizon}: must be an integer >= 2 (env steps per segment)")
     if not problems:
-        problems += _combination_problems(cfg)
+        problems += _horizon_problems(cfg) + _combination_problems(cfg)
     if problems:
         raise UserError("The config has values that cannot work; nothing was run. Fix them on the command line "
                         "(or in the YAML they come from):\n  " + "\n  ".join(problems))

@@ -245,3 +245,14 @@ def test_transition_normalizer_fits_the_union():
     rows = np.concatenate([np.concatenate([e.actions, e.observations[:-1]], axis=1) for e in base + expert])
     assert union == Normalizer.fit(rows, "limits")
     assert not union.matches(fit_transition_normalizer([base], use_actions=True))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"n_episodes": 0}, r"expert episodes' \{'n_episodes': 0\} must be positive"),
+    ({"episode_steps": -1}, r"\{'episode_steps': -1\} must be positive \(env.generate.expert"),
+    ({"action_noise": -0.3}, r"action_noise=-0.3 must be >= 0"),
+    ({"goal_cell": (0, 0)}, r"Cell \(0, 0\) is not a free cell"),
+])
+def test_impossible_generation_settings_are_refused(change, message):
+    with pytest.raises(UserError, match=message):
+        replace(SETTINGS, **change)

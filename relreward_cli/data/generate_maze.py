@@ -63,6 +63,14 @@ class Maze2DGeneration:
         if self.path_ties not in PATH_TIES:
             raise UserError(f"env.generate.path_ties={self.path_ties} is not one of {', '.join(PATH_TIES)}: first "
                             "(D4RL's controller) or random (ties between equally short paths broken at random).")
+        sizes = {"n_episodes": self.n_episodes, "episode_steps": self.episode_steps}
+        if bad := {name: value for name, value in sizes.items() if value < 1}:
+            raise UserError(f"The {self.kind} episodes' {bad} must be positive (env.generate.{self.kind} for the "
+                            f"training data, env.evaluate.{self.kind} for extract's fresh episodes): at least one "
+                            "episode of at least one step.")
+        if not self.action_noise >= 0:
+            raise UserError(f"env.generate.action_noise={self.action_noise} must be >= 0: it is the standard "
+                            "deviation of the Gaussian noise added to the controller's actions (D4RL's: 0.3).")
         object.__setattr__(self, "goal_cell", MazeGeometry.from_name(self.maze).check_free(self.goal_cell))
         if self.goal_timeout is None:
             object.__setattr__(self, "goal_timeout", maze_environment(self.maze).max_episode_steps)
