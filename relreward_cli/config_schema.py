@@ -283,8 +283,9 @@ def _horizon_problems(cfg: DictConfig) -> list[str]:
     for name in NETWORKS_BUILT_FROM_CONFIG.get(cfg.get("stage"), ()):
         mults = list(cfg[name].dim_mults)
         if horizon % 2 ** (len(mults) - 1):
+            halvings = len(mults) - 1
             problems.append(f"horizon={horizon} with {name}.dim_mults={mults}: {len(mults)} levels halve the horizon "
-                            f"{len(mults) - 1} times, so it must be a multiple of {2 ** (len(mults) - 1)}")
+                            f"{halvings} time{'s' * (halvings > 1)}, so it must be a multiple of {2 ** halvings}")
     return problems
 
 
