@@ -279,13 +279,14 @@ NETWORKS_BUILT_FROM_CONFIG = {"pipeline": ("model", "reward"), "train-diffusion"
 
 def _horizon_problems(cfg: DictConfig) -> list[str]:
     """A horizon that the networks this stage builds cannot halve down to their deepest level."""
-    horizon, problems = cfg.horizon, []
+    from relreward_cli.models.unet import check_architecture
+
+    problems = []
     for name in NETWORKS_BUILT_FROM_CONFIG.get(cfg.get("stage"), ()):
-        mults = list(cfg[name].dim_mults)
-        if horizon % 2 ** (len(mults) - 1):
-            halvings = len(mults) - 1
-            problems.append(f"horizon={horizon} with {name}.dim_mults={mults}: {len(mults)} levels halve the horizon "
-                            f"{halvings} time{'s' * (halvings > 1)}, so it must be a multiple of {2 ** halvings}")
+        try:
+            check_architecture(cfg.horizon, tuple(cfg[name].dim_mults))
+        except UserError as err:
+            problems.append(f"horizon={cfg.horizon} ({name} network): {err}")
     return problems
 
 

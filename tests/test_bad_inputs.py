@@ -35,8 +35,7 @@ def _assert_refused(proc, *message: str) -> None:
     (["train.precision=fp16"], "train.precision=fp16: must be fp32 or bf16"),
     (["extract.ema_decay=1.0"], "extract.ema_decay=1.0: must be in [0, 1) (0: no EMA)"),
     (["seed=abc"], "seed=abc: must be an integer"),
-    (["horizon=7"], "horizon=7 with model.dim_mults=[1, 2]: 2 levels halve the horizon 1 time, so it must be a "
-                    "multiple of 2"),
+    (["horizon=7"], "horizon=7 (model network): The horizon 7 is not a positive multiple of 2"),
     (["env.goal_cell=[1]"], "env.base_data is built from other values and fails"),
 ])
 def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path, overrides, message):
