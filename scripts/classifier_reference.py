@@ -11,11 +11,11 @@ datasets allow:
 - map correlations (Maze2D): how far the exact log-ratio follows the distance to the goal. A learned reward can
   beat it there (the diffusion models smooth what the classifier does not), so it is a reference, not a bound.
 
-    python scripts/classifier_reference.py runs/goals/pipeline/maze2d_umaze-s0 [--steps 3000] [--threads 1]
+    python scripts/classifier_reference.py runs/goals/pipeline/maze2d_umaze-s0 [--steps 3000] [--threads 1] [--out DIR]
 
 RUN is a pipeline folder (or an extract folder with its config.yaml next to or above it). Writes
-RUN/classifier_reference/metrics.json and plots, and prints the learned reward's figures beside the classifier's
-per t.
+RUN/classifier_reference/metrics.json and plots (DIR/ with --out), and prints the learned reward's figures beside
+the classifier's per t.
 """
 
 from __future__ import annotations
@@ -80,6 +80,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the classifier's metrics and plots (default: RUN/classifier_reference; "
+                             "another one keeps a reference made with other settings)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -94,7 +97,7 @@ def main() -> None:
     domain = families.of(cfg)
     data = domain.load_data(cfg, reward)
     net = train_classifier(reward, architecture, data, args.steps, args.batch_size, args.lr, cfg.seed)
-    out = extract_dir.parent / "classifier_reference"
+    out = args.out or extract_dir.parent / "classifier_reference"
     reference = replace(reward, net=net, path=out)
     with tracker_from_config(cfg, out, "classifier-reference") as tracker:
         metrics = domain.reward_diagnostics(cfg, reference, data, tracker)

@@ -278,6 +278,20 @@ def test_reward_features_script_correlates_the_reward_with_each_observation(pipe
     assert proc.stdout.count("segment return") == 4 and "obs[3] (mean)" in proc.stdout  # 2 datasets x 2 t
 
 
+def test_classifier_reference_scores_a_classifier_as_the_reward_is_scored(pipeline_run, tmp_path):
+    _, run_dir, _, _ = pipeline_run
+    script = Path(__file__).resolve().parents[1] / "scripts" / "classifier_reference.py"
+    out = tmp_path / "reference-5-steps"
+    proc = subprocess.run([sys.executable, str(script), str(run_dir), "--steps", "5", "--threads", "1", "--out",
+                           str(out)], capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for t in SMOKE_EVAL_T:
+        assert 0.0 <= metrics[f"accuracy/t{t}"] <= 1.0 and -1.0 <= metrics[f"pearson/t{t}"] <= 1.0
+    assert not (run_dir / "classifier_reference").exists()  # --out kept the default folder free
+    assert "accuracy, classifier" in proc.stdout
+
+
 def test_other_evaluation_settings_evaluate_a_finished_extraction_again(smoke_data, tmp_path, cli):
     """A finished pipeline asked for another report time (or other fresh-episode bins) evaluates its reward again,
     so the headline is never a stale one, without training anything again; with the same settings it skips every
