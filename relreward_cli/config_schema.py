@@ -279,10 +279,14 @@ NETWORKS_BUILT_FROM_CONFIG = {"pipeline": ("model", "reward"), "train-diffusion"
 
 def _horizon_problems(cfg: DictConfig) -> list[str]:
     """A horizon that the networks this stage builds cannot halve down to their deepest level."""
+    from relreward_cli import families
     from relreward_cli.models.unet import check_architecture
 
+    networks = NETWORKS_BUILT_FROM_CONFIG.get(cfg.get("stage"), ())
+    if not networks or not families.of(cfg).samples_of_horizon:
+        return []
     problems = []
-    for name in NETWORKS_BUILT_FROM_CONFIG.get(cfg.get("stage"), ()):
+    for name in networks:
         try:
             check_architecture(cfg.horizon, tuple(cfg[name].dim_mults))
         except UserError as err:

@@ -109,3 +109,21 @@ def test_digits_model_of_another_split_is_not_reused(cli, run_root):
     proc = cli([*args, "env.split_seed=1"], run_root.parent)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "data_settings.split_seed: 0 -> 1" in proc.stderr and "overwrite=true" in proc.stderr
+
+
+def test_the_horizon_check_applies_where_samples_are_horizon_rows():
+    """A horizon the networks cannot halve is refused for trajectories, not for Stable Diffusion's latents, whose
+    reward network never sees `horizon`."""
+    from omegaconf import OmegaConf
+
+    from relreward_cli.config_schema import _horizon_problems
+
+    def config(family: str):
+        return OmegaConf.create({"stage": "pipeline", "horizon": 32, "env": {"family": family},
+                                 "model": {"dim_mults": [1, 2, 4]}, "reward": {"dim_mults": [1] * 7}})
+
+    assert _horizon_problems(config("maze2d")) == [
+        "horizon=32 (reward network): The horizon 32 is not a positive multiple of 64: a network with 7 levels "
+        "(dim_mults=(1, 1, 1, 1, 1, 1, 1)) halves the horizon 6 times. Choose a horizon divisible by 64 or fewer "
+        "levels."]
+    assert _horizon_problems(config("stable_diffusion")) == []

@@ -33,6 +33,7 @@ class EnvFamily(ABC):
     name: str = ""
     network: str = "temporal"
     pretrained_models: bool = False  # compares two given models: nothing to train, its own extraction
+    samples_of_horizon: bool = True  # samples are `horizon` rows, so the networks built from config halve it
 
     def check_config(self, cfg: DictConfig) -> None:
         """Refuse (``UserError``) a config this family cannot run, before any work. Default: none to refuse."""

@@ -35,6 +35,7 @@ class StableDiffusionFamily(EnvFamily):
     name = "stable_diffusion"
     network = "latent"
     pretrained_models = True
+    samples_of_horizon = False  # 4 x 64 x 64 latents: `horizon` sizes nothing here
 
     def check_config(self, cfg: DictConfig) -> None:
         from relreward_cli.images.stable_diffusion import read_prompts
