@@ -40,6 +40,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def use_deterministic_cuda() -> None:
+    """One seed, one set of numbers on a GPU too: cuDNN's deterministic convolution algorithms without autotuning,
+    and torch's deterministic kernels (cuBLAS reads its fixed workspace size from the environment at its first
+    call, so this runs before any CUDA work). An op with no deterministic CUDA kernel warns rather than fails."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when available, else CPU; anything else is passed to ``torch.device``."""
     if device == "auto":

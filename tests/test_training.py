@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -363,3 +364,25 @@ def test_the_batch_and_precision_of_a_training_section_follow_the_device():
                                                                          "batch_size": 256}}
     cfg.train.cuda_batch_size = None
     assert batch_size(cfg.train, cuda) == 64
+
+
+def test_a_stage_on_cuda_uses_deterministic_kernels_and_on_cpu_leaves_them(monkeypatch):
+    """One seed gives one set of numbers on a GPU only with deterministic kernels (two CUDA runs differed in the
+    5th digit of the weights without them); the stage's device setup turns them on for CUDA alone."""
+    from omegaconf import OmegaConf
+
+    from relreward_cli.stages import common
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cfg = OmegaConf.create({"device": "cpu", "threads": None})
+    assert common.torch_device(cfg).type == "cpu"
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    monkeypatch.setattr(common, "resolve_device", lambda device: torch.device("cuda"))  # no GPU needed to set up
+    try:
+        assert common.torch_device(cfg).type == "cuda"
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

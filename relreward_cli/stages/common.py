@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from relreward_cli.diffusion.artifact import DiffusionSpec
 from relreward_cli.errors import UserError
 from relreward_cli.tracking import RunTracker
-from relreward_cli.training import resolve_device
+from relreward_cli.training import resolve_device, use_deterministic_cuda
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,12 @@ def apply_threads(cfg: DictConfig) -> int:
 
 
 def torch_device(cfg: DictConfig) -> torch.device:
-    """Apply ``threads`` (as :func:`apply_threads`) and resolve ``device``; logs both."""
+    """Apply ``threads`` (as :func:`apply_threads`) and resolve ``device``, on CUDA with deterministic kernels
+    (:func:`use_deterministic_cuda`); logs both."""
     threads = apply_threads(cfg)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        use_deterministic_cuda()
     log.info("device %s, %d torch threads", device, threads)
     return device
 
