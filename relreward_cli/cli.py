@@ -84,6 +84,22 @@ def _module_name(stage: str) -> str:
     return stage.replace("-", "_")
 
 
+def expose_launchers() -> None:
+    """Let Hydra find relreward's launchers (``hydra/launcher=slurm`` / ``local``) however relreward was installed.
+
+    Hydra takes launcher classes only from the modules that ``pkgutil`` lists on the ``hydra_plugins`` namespace's
+    path. A wheel puts ``hydra_plugins/relreward_launchers`` on that path; an editable install (``make install``)
+    imports it through an import hook instead, which such a listing does not see, so its folder is added to the
+    namespace's path here (once; nothing changes when it is there already).
+    """
+    import hydra_plugins
+    import hydra_plugins.relreward_launchers as launchers
+
+    folder = str(Path(launchers.__file__).resolve().parent.parent)
+    if folder not in [str(Path(entry).resolve()) for entry in hydra_plugins.__path__]:
+        hydra_plugins.__path__.append(folder)
+
+
 def launcher_problem(overrides: list[str]) -> str | None:
     """Why the launcher chosen by ``hydra/launcher=<name>`` in ``overrides`` cannot run, or None.
 
@@ -180,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if launcher_given(argv[1:]) and not {"-m", "--multirun"} & set(argv[1:]):
         print("relreward: note: hydra/launcher=... only takes effect with --multirun (-m); this single run "
               "runs here, in this process.", file=sys.stderr)
+    if {"-m", "--multirun"} & set(argv[1:]):
+        expose_launchers()
     module = importlib.import_module(f"relreward_cli.stages.{_module_name(stage)}")
     sys.argv = [f"relreward {stage}", *argv[1:]]
     task = hydra.main(config_path=str(CONFIG_DIR), config_name=_module_name(stage), version_base=None)(
