@@ -221,8 +221,8 @@ def environment_error(err: OSError) -> str:
 
 def run_reporting_failures(task: Callable[[], Any]) -> int:
     """Run a Hydra task with one error boundary: the machine's failures (:class:`OSError`: disk, permissions,
-    paths) and Hydra's configuration errors become one paragraph and exit code 2; anything else is a bug and
-    keeps its traceback."""
+    paths) and Hydra's configuration errors become one paragraph and exit code 2, an interrupt (Ctrl-C) one line
+    and exit code 130; anything else is a bug and keeps its traceback."""
     from hydra.errors import HydraException
 
     previous = os.environ.get("HYDRA_FULL_ERROR")
@@ -236,6 +236,10 @@ def run_reporting_failures(task: Callable[[], Any]) -> int:
     except OSError as err:
         print(f"relreward: error: {environment_error(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nrelreward: interrupted. Run the same command again to resume: training continues from its last "
+              "checkpoint, and finished stages are kept.", file=sys.stderr)
+        return 130
     finally:
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

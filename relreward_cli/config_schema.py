@@ -11,6 +11,7 @@ checked where it is read.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -177,6 +178,18 @@ class ExtractConfig(_LoopConfig):
 
 
 @dataclass
+class ControllerConfig(_Checked):
+    """`steer.controller`: the PD gains of the tracker of planned Maze2D states (`planning.rollout.WaypointTracker`)."""
+
+    p_gain: float = MISSING
+    d_gain: float = MISSING
+
+    def check(self, problems: _Problems) -> None:
+        problems.need(0 < self.p_gain < math.inf, "controller.p_gain", self.p_gain, "a positive gain")
+        problems.need(0 <= self.d_gain < math.inf, "controller.d_gain", self.d_gain, "a gain >= 0")
+
+
+@dataclass
 class SteerConfig(_Checked):
     """`steer`: steer-eval's planners and rollouts."""
 
@@ -196,7 +209,7 @@ class SteerConfig(_Checked):
     seeds: list[int] = MISSING
     max_episode_steps: int | None = MISSING
     success_radius: float = MISSING
-    controller: dict[str, float] = MISSING
+    controller: ControllerConfig = MISSING
     n_plot_paths: int = MISSING
 
     def check(self, problems: _Problems) -> None:
@@ -204,8 +217,9 @@ class SteerConfig(_Checked):
 
         problems.need(bool(self.planners) and set(self.planners) <= set(PLANNERS), "planners", self.planners,
                       f"a non-empty list of {', '.join(PLANNERS)}")
-        problems.need(self.scale >= 0, "scale", self.scale, ">= 0")
-        problems.need(self.n_guide_steps >= 0, "n_guide_steps", self.n_guide_steps, "an integer >= 0")
+        problems.need(0 <= self.scale < math.inf, "scale", self.scale, "a finite number >= 0")
+        problems.need(self.n_guide_steps >= 1, "n_guide_steps", self.n_guide_steps,
+                      "a positive integer (gradient steps per denoising step; steer.scale=0 turns guidance off)")
         problems.need(self.t_stopgrad >= 0, "t_stopgrad", self.t_stopgrad, "a diffusion step >= 0")
         problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
         _positive(problems, self, "n_plans", "replan_every", "n_episodes")
@@ -213,6 +227,7 @@ class SteerConfig(_Checked):
         problems.need(self.sampler in SAMPLERS, "sampler", self.sampler, " or ".join(SAMPLERS))
         problems.need(self.n_sample_steps is None or self.n_sample_steps >= 1, "n_sample_steps", self.n_sample_steps,
                       "a positive integer or null")
+        problems.need(0 <= self.eta < math.inf, "eta", self.eta, "a finite number >= 0 (0: deterministic DDIM)")
         problems.need(bool(self.seeds), "seeds", self.seeds, "a non-empty list of seeds")
         problems.need(self.max_episode_steps is None or self.max_episode_steps >= 1, "max_episode_steps",
                       self.max_episode_steps, "a positive integer or null")
@@ -222,7 +237,7 @@ class SteerConfig(_Checked):
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
               "int | None": "an integer or null", "float | None": "a number or null", "list[int]": "a list of integers",
-              "list[str]": "a list of names", "dict[str, float]": "a mapping of names to numbers"}
+              "list[str]": "a list of names"}
 SECTIONS: dict[str, type] = {"model": ModelConfig, "reward": RewardConfig, "diffusion": DiffusionConfig,
                              "train": TrainConfig, "extract": ExtractConfig, "steer": SteerConfig}
 

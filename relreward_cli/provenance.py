@@ -102,21 +102,40 @@ def matches(run_dir: Path, current: Mapping[str, Any]) -> bool:
     return recorded(run_dir) == current
 
 
-def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_to_start_afresh: str) -> None:
+def _past_asked_steps(run_dir: Path, n_steps: tuple[str, int] | None) -> str | None:
+    """Why the folder's training cannot give ``n_steps`` = ``(override, steps asked)``: its checkpoint is further
+    on (a run may be extended, never shortened); None when it can."""
+    if n_steps is None:
+        return None
+    from relreward_cli.training import steps_done
+
+    key, asked = n_steps
+    done = steps_done(Path(run_dir) / "checkpoint.pt")
+    if done is None or done <= asked:
+        return None
+    return f"{key}={asked}, but the folder's run is at step {done} (ask for at least {done} to continue it)"
+
+
+def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_to_start_afresh: str,
+          n_steps: tuple[str, int] | None = None) -> None:
     """Make `run_dir` a folder of the run `current` describes, before any work.
 
     A new folder, one holding the same run, or one without results yet is claimed (the record written). One
-    holding results (`WORK`) of a run made from something else, or from before records were kept, is refused
-    with the differences, unless `start_afresh`: then its outputs move to `superseded-<time>/` inside it and the
-    run starts there anew.
+    holding results (`WORK`) of a run made from something else, or from before records were kept, or (given
+    `n_steps`, the override and the steps asked for) trained further than asked, is refused with the
+    differences, unless `start_afresh`: then its outputs move to `superseded-<time>/` inside it and the run
+    starts there anew.
     """
     run_dir = Path(run_dir)
     found = recorded(run_dir)
-    if found == current:
+    past = _past_asked_steps(run_dir, n_steps)
+    if found == current and past is None:
         return
     if any((run_dir / name).exists() for name in WORK):
-        changes = differences(found, current) if found is not None else [
-            "the folder's files were made before relreward recorded what a run is made from"]
+        changes = [past] if past else []
+        if found != current:
+            changes += differences(found, current) if found is not None else [
+                "the folder's files were made before relreward recorded what a run is made from"]
         if not start_afresh:
             raise UserError(
                 f"{run_dir} holds a run made from something else than this command asks for:\n  "

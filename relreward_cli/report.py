@@ -146,12 +146,19 @@ def find_runs(sweep: Path) -> list[Run]:
         try:  # a job that died before its stage wrote config.yaml still has Hydra's copy
             config = _read_yaml(here / ("config.yaml" if "config.yaml" in filenames else ".hydra/config.yaml")) or {}
             metrics = json.loads((here / "metrics.json").read_text()) if "metrics.json" in filenames else None
+            if not isinstance(config, dict) or not isinstance(metrics, dict | None):
+                raise ValueError("its config.yaml or metrics.json does not hold a mapping")
         except Exception as err:  # a half-written file of a run in progress: report it as unfinished
             log.warning("Skipping unreadable run folder %s (%s)", here, err)
             config, metrics = {}, None
+        if ERROR_FILE in filenames and metrics is not None:
+            # Its last attempt was refused or failed after an earlier one finished: its config and labels are
+            # that attempt's, so the earlier results are not shown as the run's.
+            log.warning("%s: its last attempt failed (%s); its earlier results are left out", here, ERROR_FILE)
+            metrics = None
         overrides_file = here / ".hydra" / "overrides.yaml"
         overrides = _read_yaml(overrides_file) if overrides_file.is_file() else None
-        runs.append(Run(here, config if isinstance(config, dict) else {}, metrics, overrides))
+        runs.append(Run(here, config, metrics, overrides))
     return runs
 
 

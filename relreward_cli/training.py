@@ -93,8 +93,9 @@ def load_checkpoint(path: Path, kind: str | None = None, map_location: str | tor
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise UserError(f"{path} could not be read as a relreward checkpoint ({err}). It is corrupt or "
-                        "not a torch file; delete it and re-run the stage that writes it.") from err
+        raise UserError(f"{path} could not be read as a relreward checkpoint ({err}). Check that the path names a "
+                        "stage's model (its run folder, or the model.pt / reward.pt in it); if it does, the file is "
+                        "damaged: delete it and run the stage that writes it again.") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a relreward checkpoint (no '{CHECKPOINT_FORMAT}' marker). Pass a file "
                         "written by `relreward train-diffusion` or `relreward extract`.")
@@ -102,6 +103,12 @@ def load_checkpoint(path: Path, kind: str | None = None, map_location: str | tor
         raise UserError(f"{path} holds a '{payload.get('kind')}' checkpoint where a '{kind}' one is needed; "
                         "check which run folder you passed.")
     return payload
+
+
+def steps_done(checkpoint_path: Path) -> int | None:
+    """The optimizer steps a run's checkpoint holds (None without a checkpoint)."""
+    path = Path(checkpoint_path)
+    return int(load_checkpoint(path)["step"]) if path.is_file() else None
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:

@@ -37,6 +37,12 @@ def _assert_refused(proc, *message: str) -> None:
     (["seed=abc"], "seed=abc: must be an integer"),
     (["horizon=7"], "horizon=7 (model network): The horizon 7 is not a positive multiple of 2"),
     (["env.goal_cell=[1]"], "env.base_data is built from other values and fails"),
+    (["env.evaluate.windows=0", "env.evaluate.bin_size=0"], "env.evaluate.windows=0: must be a positive integer"),
+    (["extract.grid_resolution=100"], "extract.grid_resolution=100: must be above 0 and at most one maze cell"),
+    (["env.evaluate.expert.episode_steps=4"], "env.evaluate.expert.episode_steps=4: must be at least horizon=8"),
+    (["steer.n_guide_steps=0"], "steer.n_guide_steps=0: must be a positive integer"),
+    (["steer.scale=inf"], "steer.scale=inf: must be a finite number >= 0"),
+    (["+steer.controller.p_gian=5"], "steer.controller.p_gian=5"),
 ])
 def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path, overrides, message):
     run_root = tmp_path / "runs"
@@ -228,3 +234,45 @@ def test_steer_eval_refuses_a_reward_of_another_normalized_space_before_any_roll
                 f"reward_model={other}", f"hydra.run.dir={tmp_path / 'eval'}"], trained["root"])
     _assert_refused(proc, "was not extracted in the base model", "normalizers differ", "Nothing was rolled out")
     assert "base seed" not in proc.stderr + proc.stdout  # no planner ran
+
+
+def test_a_dataset_id_without_a_version_is_refused_before_any_dataset_is_made(cli, tmp_path):
+    data = tmp_path / "data"
+    proc = cli(["make-dataset", "experiment=smoke", f"run_root={tmp_path / 'runs'}", f"data_dir={data}",
+                "logger.mode=disabled", "env.expert_data=generated:umaze-expert"], tmp_path)
+    _assert_refused(proc, "'umaze-expert' is not a valid Minari dataset id", "name-v<version>")
+    assert not data.exists()  # not even the base dataset, which was named well
+
+
+def test_fewer_steps_than_a_finished_run_has_are_refused(cli, trained):
+    """`n_steps` is left out of the record so that a run can be extended; asking for fewer steps than the folder's
+    model was trained for would report that longer model as the shorter one asked for."""
+    before = _digests(trained["base"])
+    proc = cli(["train-diffusion", "kind=base", *trained["common"], "train.n_steps=10"], trained["root"])
+    _assert_refused(proc, "train.n_steps=10, but the folder's run is at step 20", "overwrite=true")
+    assert _digests(trained["base"]) == before
+    proc = cli(["extract", *trained["common"], "extract.n_steps=10"], trained["root"])
+    _assert_refused(proc, "extract.n_steps=10, but the folder's run is at step 20")
+
+
+def test_extract_refuses_one_model_as_base_and_expert(cli, trained, tmp_path):
+    proc = cli(["extract", *trained["common"], f"base_model={trained['base']}", f"expert_model={trained['base']}",
+                f"hydra.run.dir={tmp_path / 'x'}"], trained["root"])
+    _assert_refused(proc, "base_model and expert_model are one model", "Nothing was run")
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+def test_steer_eval_refuses_to_replace_an_evaluation_of_other_settings(cli, trained, tmp_path):
+    """A finished evaluation is kept: a rerun into its folder with other steering settings is refused before any
+    rollout (overwrite=true sets it aside), and guidance that could never act is refused too."""
+    models = [f"base_model={trained['base']}", f"expert_model={trained['expert']}",
+              f"reward_model={trained['extract']}", f"hydra.run.dir={tmp_path / 'eval'}"]
+    cli(["steer-eval", *trained["common"], *models], trained["root"], check=True)
+    before = _digests(tmp_path / "eval")
+    proc = cli(["steer-eval", *trained["common"], *models, "steer.scale=7"], trained["root"])
+    _assert_refused(proc, "holds a run made from something else", "settings.steer.scale:", "overwrite=true")
+    assert _digests(tmp_path / "eval") == before
+    cli(["steer-eval", *trained["common"], *models, "steer.scale=7", "overwrite=true"], trained["root"], check=True)
+    assert list((tmp_path / "eval").glob("superseded-*/metrics.json"))
+    proc = cli(["steer-eval", *trained["common"], *models, "steer.t_stopgrad=5", "overwrite=true"], trained["root"])
+    _assert_refused(proc, "steer.t_stopgrad=5, but the base model has 5 diffusion steps", "Nothing was rolled out")

@@ -323,3 +323,49 @@ def test_other_evaluation_settings_evaluate_a_finished_extraction_again(smoke_da
     extract_mtime = (run_dir / "extract" / "metrics.json").stat().st_mtime_ns
     cli(["pipeline", *coarse], tmp_path, check=True)
     assert (run_dir / "extract" / "metrics.json").stat().st_mtime_ns == extract_mtime
+
+
+def test_more_steps_extend_a_finished_pipeline_and_a_damaged_summary_is_written_again(smoke_data, tmp_path, cli):
+    """`n_steps` is not part of a stage's record (a run may be extended), so the pipeline compares the steps a
+    finished stage took with those asked for: more steps continue its training instead of reporting the shorter
+    run. A stage summary that cannot be read is written again, not trusted or crashed on."""
+    run_root = tmp_path / "runs"
+    common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
+    cli(["pipeline", *common], tmp_path, check=True)
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    cli(["pipeline", *common, "train.n_steps=30", "extract.n_steps=30"], tmp_path, check=True)
+    for stage in STAGE_DIRS:
+        assert json.loads((run_dir / stage / "metrics.json").read_text())["steps"] == 30, stage
+    for stage in ("diffusion_base", "diffusion_expert"):  # continued from their checkpoints, not started afresh
+        assert not list((run_dir / stage).glob("superseded-*")), stage
+    assert len(list((run_dir / "extract").glob("superseded-*"))) == 1  # made from the shorter models: stale
+
+    (run_dir / "extract" / "metrics.json").write_text('{"steps": 30, "final_lo')
+    proc = cli(["pipeline", *common, "train.n_steps=30", "extract.n_steps=30"], tmp_path, check=True)
+    assert "Traceback" not in proc.stderr
+    assert json.loads((run_dir / "extract" / "metrics.json").read_text())["steps"] == 30
+
+
+def test_an_interrupted_rerun_is_one_line_and_leaves_no_summary_of_the_earlier_run(smoke_data, tmp_path, cli):
+    """Ctrl-C: one line that says how to resume, exit code 130, no traceback; the folder's summary of an earlier
+    attempt (other settings) is gone, so nothing reads the interrupted run as finished."""
+    import signal
+    import time
+
+    run_root = tmp_path / "runs"
+    common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
+    cli(["pipeline", *common], tmp_path, check=True)
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    proc = subprocess.Popen([*_cli_command(), "pipeline", *common, "train.lr=0.001", "train.n_steps=1000000"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((run_dir / "diffusion_base").glob("superseded-*")):  # the stale model set aside: training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "relreward: interrupted. Run the same command again to resume" in stderr
+    assert not (run_dir / "metrics.json").exists()
+    assert "lr: 0.001" in (run_dir / "config.yaml").read_text()

@@ -275,6 +275,26 @@ def test_report_groups_steering_scores_by_task_and_lists_unfinished_runs(tmp_pat
         select_setting(report, "ranked/return_mean")
 
 
+def test_report_shows_a_run_whose_last_attempt_failed_as_failed_and_skips_unreadable_results(tmp_path):
+    """A refused rerun leaves an `error.txt` beside the results of an earlier attempt, under the refused command's
+    labels: the run is listed as failed, not as finished with the earlier numbers. A `metrics.json` that holds no
+    mapping is not a result."""
+    import yaml
+
+    for seed, metrics in ((0, {"guided/score_mean": 50.0}), (1, {"guided/score_mean": 60.0}), (2, [])):
+        run = tmp_path / f"seed={seed}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
+        (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "hopper"}, "seed": seed}))
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "seed=1" / "error.txt").write_text("The run folder holds a run made from something else.\n")
+    report = build_report(tmp_path)
+    assert [run.config["seed"] for run in report.finished] == [0]
+    states = {run.path.name: run.state for run in report.runs}
+    assert states["seed=1"] == "failed: The run folder holds a run made from something else."
+    assert states["seed=2"] == "running, killed or failed without a message"
+
+
 def assert_valid_markdown_tables(text: str) -> None:
     """Every table: a header, a separator of as many cells, rows of as many cells."""
     blocks, block = [], []

@@ -19,11 +19,10 @@ import gymnasium as gym
 import minari
 import numpy as np
 from minari.data_collector import EpisodeBuffer
-from minari.dataset.minari_dataset import parse_dataset_id
 from minari.namespace import create_namespace, list_local_namespaces
 from tqdm import tqdm
 
-from relreward_cli.data.sources import minari_root, open_minari
+from relreward_cli.data.sources import dataset_namespace, minari_root, open_minari
 from relreward_cli.envs.maze import MazeGeometry, WaypointController
 from relreward_cli.envs.registry import make_maze_env, maze_environment
 from relreward_cli.errors import UserError
@@ -165,13 +164,7 @@ def write_minari_dataset(
     root = Path(root)
     if not episodes:
         raise UserError(f"No episodes to write to {dataset_id}; generate at least one (n_episodes >= 1).")
-    try:
-        namespace = parse_dataset_id(dataset_id)[0]
-    except ValueError:
-        raise UserError(
-            f"'{dataset_id}' is not a valid Minari dataset id; write it as (namespace/)name-v<version>, for "
-            "example relreward/umaze-expert-v0."
-        ) from None
+    namespace = dataset_namespace(dataset_id)
     final = root / dataset_id
     if final.exists() and not overwrite:
         raise UserError(

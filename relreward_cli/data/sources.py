@@ -20,6 +20,7 @@ import h5py
 import minari
 import numpy as np
 from minari import MinariDataset
+from minari.dataset.minari_dataset import parse_dataset_id
 from minari.storage import get_dataset_path
 
 from relreward_cli.errors import UserError
@@ -77,10 +78,23 @@ def minari_root(root: Path | None) -> Iterator[Path]:
             os.environ["MINARI_DATASETS_PATH"] = previous
 
 
+def dataset_namespace(dataset_id: str) -> str | None:
+    """The namespace of the Minari dataset id ``dataset_id`` (None when it has none); an id Minari cannot parse
+    (one without ``-v<version>``, or with a path in it) is refused."""
+    try:
+        return parse_dataset_id(dataset_id)[0]
+    except (ValueError, TypeError):  # minari raises TypeError for an id without a version
+        raise UserError(f"'{dataset_id}' is not a valid Minari dataset id; write it as (namespace/)name-v<version>, "
+                        "for example relreward/umaze-expert-v0.") from None
+
+
 def split_source(source: str) -> tuple[str, str]:
+    """``(kind, name)`` of a dataset source (:data:`SOURCE_FORMS`); a Minari id is checked here, before any work."""
     kind, _, name = source.partition(":")
     if kind not in ("minari", "generated", "hdf5") or not name:
         raise UserError(f"Unknown dataset source '{source}'. Write it as {SOURCE_FORMS}.")
+    if kind != "hdf5":
+        dataset_namespace(name)
     return kind, name
 
 

@@ -46,11 +46,12 @@ MAP_ARRAYS = "reward_maps.npz"  # extract's plots/: the maps' arrays, for `relre
 def maze_goal(cfg: DictConfig) -> tuple[MazeGeometry, np.ndarray]:
     """The maze of a Maze2D env config and the expert's goal (world x, y). The goal must be the one the expert
     data were generated for (their metadata's `goal_cell`), else every reward map and success rate would be
-    measured against a goal the expert never went to."""
+    measured against a goal the expert never went to. (Data not made yet are not checked: make-dataset makes them
+    for this goal.)"""
     geometry = MazeGeometry.from_name(cfg.env.maze)
     goal = tuple(geometry.check_free(tuple(cfg.env.goal_cell)))
     kind, dataset_id = split_source(cfg.env.expert_data)
-    if kind == "generated":
+    if kind == "generated" and (data_root(cfg) / dataset_id).exists():
         data_goal = read_dataset_metadata(dataset_id, data_root(cfg)).get("goal_cell")
         if data_goal is not None and tuple(data_goal) != goal:
             raise UserError(f"env.goal_cell={list(goal)}, but the expert data {cfg.env.expert_data} were made for "
@@ -69,11 +70,34 @@ def generation(cfg: DictConfig, kind: str, size: DictConfig, seed: int) -> Maze2
                             action_noise=gen.action_noise, seed=seed, path_ties=gen.get("path_ties", "first"))
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 class Maze2DFamily(TrajectoryFamily):
     name = "maze2d"
 
     def check_config(self, cfg: DictConfig) -> None:
-        maze_goal(cfg)
+        """The goal is a free cell, and the evaluation's sizes (``env.evaluate``, ``extract.grid_resolution``) give
+        windows to score and bins no larger than a cell, so that the maps show the walls."""
+        super().check_config(cfg)
+        geometry, _ = maze_goal(cfg)
+        ev, cell = cfg.env.evaluate, geometry.scaling
+        counts = {f"{kind}.{key}": ev[kind][key]
+                  for kind in ("base", "expert") for key in ("n_episodes", "episode_steps")}
+        problems = [f"env.evaluate.{key}={value}: must be a positive integer"
+                    for key, value in {**counts, "windows": ev.windows}.items() if not _is_count(value)]
+        problems += [f"env.evaluate.{kind}.episode_steps={ev[kind].episode_steps}: must be at least horizon="
+                     f"{cfg.horizon}, the length of the windows cut from the episodes"
+                     for kind in ("base", "expert") if _is_count(ev[kind].episode_steps)
+                     and ev[kind].episode_steps < cfg.horizon]
+        sizes = {"env.evaluate.bin_size": ev.bin_size, "extract.grid_resolution": cfg.extract.grid_resolution}
+        problems += [f"{key}={value}: must be above 0 and at most one maze cell ({cell} world units)"
+                     for key, value in sizes.items()
+                     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= cell)]
+        if problems:
+            raise UserError("The reward's evaluation settings do not fit the maze; nothing was run. Fix them on the "
+                            "command line:\n  " + "\n  ".join(problems))
 
     @one_writer_at_a_time
     def make_datasets(self, cfg: DictConfig, kinds: tuple[str, ...], overwrite: bool) -> dict[str, dict]:

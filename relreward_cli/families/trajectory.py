@@ -85,6 +85,12 @@ class TrajectoryFamily(EnvFamily):
 
     network = "temporal"
 
+    def check_config(self, cfg: DictConfig) -> None:
+        """Both datasets are named in a form that can be read (a malformed Minari id is refused before any data is
+        made)."""
+        for kind in ("base", "expert"):
+            split_source(cfg.env[f"{kind}_data"])
+
     def generated_kinds(self, cfg: DictConfig) -> tuple[str, ...]:
         return tuple(kind for kind in ("base", "expert") if split_source(cfg.env[f"{kind}_data"])[0] == "generated")
 

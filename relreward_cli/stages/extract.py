@@ -55,6 +55,10 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     env's kind (e.g. against the env return of dataset segments, or Maze2D's distance to the goal). Returns
     the summary metrics. A ``run_dir`` holding an extraction of other models or settings is refused (or, with
     ``start_afresh``, set aside; see :mod:`relreward_cli.provenance`)."""
+    if model_file(base_model).resolve() == model_file(expert_model).resolve():
+        raise UserError(f"base_model and expert_model are one model ({model_file(base_model)}): the relative reward "
+                        "of a model over itself is zero everywhere. Pass the base and the expert models trained on "
+                        "the two datasets. Nothing was run.")
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
@@ -64,11 +68,11 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
                         f"steps, so every time must be below {base.spec.n_steps}. Nothing was run.")
     domain = families.of(cfg)
     domain.check_config(cfg)
+    ec = cfg.extract
     provenance.claim(run_dir, made_from(cfg, base_model, expert_model, device), start_afresh=start_afresh,
-                     how_to_start_afresh="overwrite=true")
+                     how_to_start_afresh="overwrite=true", n_steps=("extract.n_steps", ec.n_steps))
     generator = seed_everything(cfg.seed)
     segments = domain.load_data(cfg, base)
-    ec = cfg.extract
     with tracker_from_config(cfg, run_dir, "extract", group) as tracker:
         reward, result = train_reward(
             base, expert, segments, run_dir, dim=cfg.reward.dim, dim_mults=tuple(cfg.reward.dim_mults),

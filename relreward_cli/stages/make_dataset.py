@@ -19,6 +19,7 @@ def main(cfg: DictConfig) -> dict:
     kinds = KINDS if cfg.kind == "both" else (cfg.kind,)
     if not set(kinds) <= set(KINDS):
         raise UserError(f"kind={cfg.kind} is not one of base, expert, both.")
+    families.of(cfg).check_config(cfg)
     with tracker_from_config(cfg, hydra_run_dir(), "make-dataset") as tracker:
         apply_threads(cfg)  # SAC trains with torch
         results = families.of(cfg).make_datasets(cfg, kinds, cfg.overwrite)

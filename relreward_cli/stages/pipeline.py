@@ -27,21 +27,29 @@ from relreward_cli.stages.common import apply_threads, hydra_run_dir, torch_devi
 from relreward_cli.tracking import print_summary_table, write_json_atomic
 
 
-def _finished(run_dir: Path, artifact: str, made_from: dict, evaluation: dict | None = None) -> dict | None:
-    """The stage's summary if its artifact and ``metrics.json`` exist, it was made from ``made_from`` (its
-    provenance) and, when given, evaluated with ``evaluation`` (the summary's ``evaluation`` entry); else None,
-    and the stage runs (or resumes, or starts afresh when stale, or only evaluates again)."""
+def _finished(run_dir: Path, artifact: str, made_from: dict, evaluation: dict | None = None,
+              steps: int | None = None) -> dict | None:
+    """The stage's summary if its artifact and a readable ``metrics.json`` exist, it was made from ``made_from``
+    (its provenance) and, when given, evaluated with ``evaluation`` (the summary's ``evaluation`` entry) after
+    ``steps`` training steps; else None, and the stage runs (or resumes, extends its training, starts afresh when
+    stale, or only evaluates again)."""
     metrics = run_dir / "metrics.json"
     if not ((run_dir / artifact).is_file() and metrics.is_file() and provenance.matches(run_dir, made_from)):
         return None
-    summary = json.loads(metrics.read_text())
+    try:
+        summary = json.loads(metrics.read_text())
+    except (ValueError, UnicodeDecodeError):  # damaged: the stage writes it again
+        return None
+    if not isinstance(summary, dict) or (steps is not None and summary.get("steps") != steps):
+        return None
     return summary if evaluation is None or summary.get("evaluation") == evaluation else None
 
 
-def _run_stage(run_dir: Path, artifact: str, made_from: dict, stage, evaluation: dict | None = None) -> dict:
-    """Skip a finished stage of the same provenance (and evaluation), else run ``stage()`` and record what it was
-    made from."""
-    metrics = _finished(run_dir, artifact, made_from, evaluation)
+def _run_stage(run_dir: Path, artifact: str, made_from: dict, stage, evaluation: dict | None = None,
+               steps: int | None = None) -> dict:
+    """Skip a finished stage of the same provenance (and evaluation and training steps), else run ``stage()`` and
+    record what it was made from."""
+    metrics = _finished(run_dir, artifact, made_from, evaluation, steps)
     if metrics is None:
         metrics = stage()
         write_json_atomic(run_dir / provenance.PROVENANCE_FILE, made_from)
@@ -50,13 +58,18 @@ def _run_stage(run_dir: Path, artifact: str, made_from: dict, stage, evaluation:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or finish) every stage of the pipeline into ``run_dir``; returns the summary."""
+    domain = families.of(cfg)
+    domain.check_config(cfg)  # before the folder is touched
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    # The summary of an earlier attempt (perhaps of other settings) must not sit beside this config until this
+    # attempt writes its own: an interrupted or refused run would read as finished. The stages keep their results.
+    (run_dir / "metrics.json").unlink(missing_ok=True)
     group = cfg.logger.group or f"pipeline-{cfg.name}"
     seconds: dict[str, float] = {}
     summary: dict = {}
 
-    domain, start = families.of(cfg), time.perf_counter()
+    start = time.perf_counter()
     if generated := domain.generated_kinds(cfg):
         apply_threads(cfg)
         domain.make_datasets(cfg, generated, cfg.overwrite)
@@ -73,7 +86,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     for kind, stage_dir in models.items():
         start = time.perf_counter()
         metrics = _run_stage(stage_dir, MODEL_FILE, train_diffusion.made_from(cfg, kind, device),
-                             partial(train_diffusion.run, cfg, stage_dir, kind, group, start_afresh=True))
+                             partial(train_diffusion.run, cfg, stage_dir, kind, group, start_afresh=True),
+                             steps=cfg.train.n_steps)
         seconds[f"train-diffusion[{kind}]"] = time.perf_counter() - start
         summary |= {f"{kind}/{key}": value for key, value in domain.summary_for_pipeline(metrics).items()}
         summary[f"{kind}/final_loss"] = metrics["final_loss"]
@@ -81,7 +95,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     stage_dir, start = run_dir / "extract", time.perf_counter()
     metrics = _run_stage(stage_dir, REWARD_FILE, extract.made_from(cfg, models["base"], models["expert"], device),
                          partial(extract.run, cfg, stage_dir, models["base"], models["expert"], group,
-                                 start_afresh=True), extract.evaluation_settings(cfg))
+                                 start_afresh=True), extract.evaluation_settings(cfg), steps=cfg.extract.n_steps)
     seconds["extract"] = time.perf_counter() - start
     summary |= domain.summary_for_pipeline(metrics)
 
@@ -90,7 +104,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         metrics = _run_stage(stage_dir, "metrics.json",
                              steer_eval.made_from(cfg, models["base"], models["expert"], reward_dir),
                              partial(steer_eval.run, cfg, stage_dir, models["base"], models["expert"],
-                                     reward_dir, group))
+                                     reward_dir, group, start_afresh=True))
         seconds["steer-eval"] = time.perf_counter() - start
         summary |= domain.summary_for_pipeline(metrics)
     return _finish(cfg, run_dir, domain, summary, seconds)

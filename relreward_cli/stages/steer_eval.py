@@ -43,17 +43,20 @@ def check_models_fit_the_env(env: str, base: TrainedDiffusion, expert: TrainedDi
 
 
 def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, reward_model: Path) -> dict:
-    """The provenance of an evaluation: the steering settings and seed, and the digests of the three models."""
+    """The provenance of an evaluation: the steering settings and seed, and the digests of the models it reads
+    (the reward model only when a planner of ``steer.planners`` uses it)."""
+    models = {"base_model": model_file(base_model), "expert_model": model_file(expert_model)}
+    if set(REWARD_PLANNERS) & set(cfg.steer.planners):
+        models["reward_model"] = reward_file(reward_model)
     return provenance.record({"stage": "steer-eval", "env": cfg.env.name,
-                              **config_subset(cfg, {"seed": (), "steer": ()})},
-                             {"base_model": model_file(base_model), "expert_model": model_file(expert_model),
-                              "reward_model": reward_file(reward_model)})
+                              **config_subset(cfg, {"seed": (), "steer": ()})}, models)
 
 
 def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, reward_model: Path,
-        group: str | None = None) -> dict:
+        group: str | None = None, start_afresh: bool = False) -> dict:
     """Evaluate the planners of ``steer.planners`` into ``run_dir``; returns the summary (also in
-    ``metrics.json``). The reward model is read only when a planner that uses it is among them."""
+    ``metrics.json``). The reward model is read only when a planner that uses it is among them. A ``run_dir``
+    holding an evaluation of other models or settings is refused (or, with ``start_afresh``, set aside)."""
     sc, domain = cfg.steer, families.of(cfg)
     if not sc.planners or not set(sc.planners) <= set(PLANNERS):
         raise UserError(f"steer.planners={list(sc.planners)}: choose one or more of {', '.join(PLANNERS)}.")
@@ -64,8 +67,14 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     if set(REWARD_PLANNERS) & set(sc.planners):
         guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
                             sc.scale_grad_by_std, sc.rank_t, sc.grad_clip)
+    if guide is not None and sc.scale > 0 and sc.t_stopgrad >= base.spec.n_steps:
+        raise UserError(f"steer.t_stopgrad={sc.t_stopgrad}, but the base model has {base.spec.n_steps} diffusion "
+                        "steps: guidance acts only at steps t >= t_stopgrad, so it would never act. Lower "
+                        "steer.t_stopgrad, or set steer.scale=0. Nothing was rolled out.")
     check_models_fit_the_env(cfg.env.name, base, expert, guide.reward if guide else None)
     domain.check_config(cfg)
+    provenance.claim(run_dir, made_from(cfg, base_model, expert_model, reward_model), start_afresh=start_afresh,
+                     how_to_start_afresh="overwrite=true")
     with tracker_from_config(cfg, run_dir, "steer-eval", group) as tracker:
         metrics = domain.evaluate_steering(cfg, base, expert, guide, tracker) | {"device": str(device)}
         tracker.summary(metrics)
@@ -74,4 +83,5 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
 
 
 def main(cfg: DictConfig) -> dict:
-    return run(cfg, hydra_run_dir(), Path(cfg.base_model), Path(cfg.expert_model), Path(cfg.reward_model))
+    return run(cfg, hydra_run_dir(), Path(cfg.base_model), Path(cfg.expert_model), Path(cfg.reward_model),
+               start_afresh=cfg.overwrite)

@@ -53,12 +53,12 @@ def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None, sta
                         f"env={cfg.env.name}`, or both with `relreward pipeline env={cfg.env.name}`.")
     domain.check_config(cfg)
     device = torch_device(cfg)
+    tc = cfg.train
     provenance.claim(run_dir, made_from(cfg, kind, device), start_afresh=start_afresh,
-                     how_to_start_afresh="overwrite=true")
+                     how_to_start_afresh="overwrite=true", n_steps=("train.n_steps", tc.n_steps))
     generator = seed_everything(cfg.seed)
     segments = domain.load_data(cfg)
     spec = diffusion_spec(cfg, segments.obs_dim, segments.act_dim, domain.network)
-    tc = cfg.train
     with tracker_from_config(cfg, run_dir, f"train-diffusion-{kind}", group) as tracker:
         model, result = train_diffusion(
             spec, segments, kind, run_dir, n_steps=tc.n_steps, batch_size=batch_size(tc, device), lr=tc.lr,
