@@ -100,6 +100,37 @@ def expose_launchers() -> None:
         hydra_plugins.__path__.append(folder)
 
 
+def shared_folder_problem(overrides: list[str]) -> str | None:
+    """Why two jobs of a ``--multirun`` sweep would write into one run folder, or None.
+
+    A job's folder is named by its overrides, leaving out the keys that ``hydra.job.config.override_dirname.
+    exclude_keys`` names in ``base.yaml`` (paths, and settings that do not change a result). A sweep over one of
+    those, or a value listed twice, would give two jobs one folder: one would resume or overwrite the other's
+    run. Checked before any job starts; Hydra reports malformed overrides itself.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([arg for arg in overrides if not arg.startswith("-")])
+    except Exception:  # noqa: BLE001 - Hydra says what is malformed when it parses them itself
+        return None
+    unnamed = set(OmegaConf.load(CONFIG_DIR / "base.yaml").hydra.job.config.override_dirname.exclude_keys)
+    for override in parsed:
+        if not override.is_sweep_override():
+            continue
+        key, values = override.get_key_element().lstrip("+~"), list(override.sweep_string_iterator())
+        if key in unnamed:
+            return (f"the sweep runs {key}={','.join(values)}, but {key} is left out of the job folders' names "
+                    "(it is a path or does not change a result), so every job would write into one run folder. "
+                    f"Launch one sweep per {key}, each with a run_root= of its own. No job was started.")
+        if len(set(values)) < len(values):
+            repeated = sorted({value for value in values if values.count(value) > 1})
+            return (f"the sweep lists {key}={','.join(repeated)} more than once; two jobs of one setting would "
+                    "write into one run folder. List each value once. No job was started.")
+    return None
+
+
 def launcher_problem(overrides: list[str]) -> str | None:
     """Why the launcher chosen by ``hydra/launcher=<name>`` in ``overrides`` cannot run, or None.
 
@@ -197,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         print("relreward: note: hydra/launcher=... only takes effect with --multirun (-m); this single run "
               "runs here, in this process.", file=sys.stderr)
     if {"-m", "--multirun"} & set(argv[1:]):
+        if problem := shared_folder_problem(argv[1:]):
+            print(f"relreward: error: {problem}", file=sys.stderr)
+            return 2
         expose_launchers()
     module = importlib.import_module(f"relreward_cli.stages.{_module_name(stage)}")
     sys.argv = [f"relreward {stage}", *argv[1:]]
@@ -237,8 +271,9 @@ def run_reporting_failures(task: Callable[[], Any]) -> int:
         print(f"relreward: error: {environment_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nrelreward: interrupted. Run the same command again to resume: training continues from its last "
-              "checkpoint, and finished stages are kept.", file=sys.stderr)
+        print("\nrelreward: interrupted. Running the same command again keeps what is finished (datasets, stages) "
+              "and resumes diffusion and reward training from their last checkpoints; an unfinished dataset is "
+              "made again from the start.", file=sys.stderr)
         return 130
     finally:
         if previous is None:

@@ -12,6 +12,7 @@ checked where it is read.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -317,8 +318,13 @@ def _unresolvable(cfg: DictConfig) -> str | None:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         reason = str(err).splitlines()[0]
-        return (f"The config cannot be put together: {key} is built from other values and fails ({reason}). "
-                "Check the overrides that set the values it names; nothing was run.")
+        missing = re.search(r"Interpolation key '(env\.[\w.]+)' not found", reason)
+        hint = (f" env={OmegaConf.select(cfg, 'env.name')} does not define {missing.group(1)}: a preset that reads "
+                "it does not apply to this env (formulation=authors reads env.authors_steering, which the "
+                "locomotion envs define); set the value itself on the command line, or choose another preset"
+                if missing else " Check the overrides that set the values it names")
+        return f"The config cannot be put together: {key} is built from other values and fails ({reason}).{hint}; " \
+               "nothing was run."
     return None
 
 

@@ -143,14 +143,17 @@ def find_runs(sweep: Path) -> list[Run]:
         if "config.yaml" not in filenames and not hydra_job:
             continue
         dirnames[:] = []  # the stage folders of a pipeline run are part of it
+        config, metrics = {}, None
         try:  # a job that died before its stage wrote config.yaml still has Hydra's copy
             config = _read_yaml(here / ("config.yaml" if "config.yaml" in filenames else ".hydra/config.yaml")) or {}
+            if not isinstance(config, dict):
+                raise ValueError("its config.yaml does not hold a mapping")
             metrics = json.loads((here / "metrics.json").read_text()) if "metrics.json" in filenames else None
-            if not isinstance(config, dict) or not isinstance(metrics, dict | None):
-                raise ValueError("its config.yaml or metrics.json does not hold a mapping")
+            if not isinstance(metrics, dict | None):
+                raise ValueError("its metrics.json does not hold a mapping")
         except Exception as err:  # a half-written file of a run in progress: report it as unfinished
-            log.warning("Skipping unreadable run folder %s (%s)", here, err)
-            config, metrics = {}, None
+            log.warning("Leaving out the results of %s, which cannot be read (%s)", here, err)
+            config, metrics = (config if isinstance(config, dict) else {}), None
         if ERROR_FILE in filenames and metrics is not None:
             # Its last attempt was refused or failed after an earlier one finished: its config and labels are
             # that attempt's, so the earlier results are not shown as the run's.
@@ -223,14 +226,16 @@ def build_report(sweep: Path) -> Report:
 
 
 def _cell(runs: list[Run], key: str) -> str:
-    """Mean ± s.e. over the runs' values of ``key``; for one run, ± its own ``*_sem`` (over episodes) if it has one."""
+    """Mean ± s.e. over the runs' values of ``key``; for one run, ± its own ``*_sem`` (over episodes) if it has one.
+    Runs without a finite value (NaN, or the key missing) are counted: ``(n=1 of 2)``."""
     values = [v for run in runs if (v := run.value(key)) is not None]
     if not values:
         return "–"
+    some = f" (n={len(values)} of {len(runs)})" if len(values) < len(runs) else ""
     if len(values) > 1:
-        return "{:.3f} ± {:.3f}".format(*mean_sem(values))
+        return "{:.3f} ± {:.3f}".format(*mean_sem(values)) + some
     sem = runs[0].value(key.removesuffix("_mean") + "_sem") if key.endswith("_mean") and len(runs) == 1 else None
-    return f"{values[0]:.3f}" + (f" ± {sem:.3f}" if sem is not None else "")
+    return f"{values[0]:.3f}" + (f" ± {sem:.3f}" if sem is not None else "") + some
 
 
 def _over_tasks(report: Report) -> list[list[str]]:
@@ -270,7 +275,8 @@ def markdown(report: Report) -> str:
     lines = [f"# Results: {report.title}", "",
              f"Sweep folder `{report.sweep}`: {len(report.finished)} finished run(s) of {len(report.runs)}. "
              "Mean ± standard error over seeds (s.e. = sample std / sqrt(n)); a task of one run shows its s.e. "
-             "over episodes (paired episodes for the differences to base).", ""]
+             "over episodes (paired episodes for the differences to base). A cell marked (n=k of m) averages the "
+             "k runs where the value is finite; the others gave none (NaN, e.g. a correlation of a constant).", ""]
     summary, per_run = [], []
     for task, runs in report.tasks.items():
         done = [run for run in runs if run.metrics is not None]
@@ -451,6 +457,10 @@ def select_setting(report: Report, key: str) -> dict[str, Any]:
     return {"metric": key, "task": best, "value": values[best], "overrides": overrides, "all": values}
 
 
+REPORT_FILES = ("report.md", "report_bars.png", "reward_maps_grid.png", "reward_maps_by_task.png", "selection.json")
+"""What `relreward report` writes into its output folder."""
+
+
 def write_report(sweep: Path, out: Path | None = None, use_wandb: bool = False) -> dict[str, Path | None]:
     """Build the report of ``sweep`` and write ``report.md`` and the figures into ``out`` (default: the
     sweep folder). Returns the written paths."""
@@ -487,20 +497,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="also pick the task (swept setting) of highest METRIC, e.g. guided/return_mean: "
                              "written to selection.json, its overrides printed last, one per line")
     args = parser.parse_args(argv)
+    out = args.out if args.out is not None else args.sweep
     try:
-        written = write_report(args.sweep, args.out, args.wandb)
-        selection = select_setting(build_report(args.sweep), args.select) if args.select else None
+        report = build_report(args.sweep)  # refuses a folder without runs before anything is written
+        selection = select_setting(report, args.select) if args.select else None
+        for name in REPORT_FILES:  # an earlier report's files that this one might not write again
+            (out / name).unlink(missing_ok=True)
+        written = write_report(args.sweep, out, args.wandb)
+        if selection is not None:
+            (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
     except UserError as err:
         print(f"relreward: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        from relreward_cli.cli import environment_error
+
+        print(f"relreward: error: {environment_error(err)}", file=sys.stderr)
+        return 2
     print(written["markdown"])
-    for key in ("report", "bars", "heatmaps"):
+    for key in ("report", "bars", "goals", "heatmaps"):
         if written[key] is not None:
             print(f"wrote {written[key]}")
     if selection is not None:
-        path = written["report"].parent / "selection.json"
-        path.write_text(json.dumps(selection, indent=2) + "\n")
-        print(f"selected by {selection['metric']}: {selection['task']} ({selection['value']:.3f}); wrote {path}")
+        print(f"selected by {selection['metric']}: {selection['task']} ({selection['value']:.3f}); wrote "
+              f"{out / 'selection.json'}")
         print("\n".join(selection["overrides"]))
     return 0
 

@@ -56,7 +56,10 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={device} was asked for but no CUDA GPU is visible; use device=cpu or device=auto.")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"device={device} is not a device torch knows; use auto, cpu, cuda or cuda:N.") from None
 
 
 def adam(params, lr: float) -> torch.optim.Optimizer:

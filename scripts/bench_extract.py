@@ -35,6 +35,8 @@ from bench_train import (  # noqa: E402  (scripts/ is on sys.path when this file
     training_row,
 )
 
+from relreward_cli.errors import run_script  # noqa: E402
+
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
@@ -81,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,11 +21,13 @@ from rich.table import Table
 
 from relreward_cli.data.normalizer import Normalizer
 from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion, build_diffusion
+from relreward_cli.errors import at_least, run_script
 from relreward_cli.models.reward_net import RewardNet
 from relreward_cli.planning.evaluation import planner_settings
 from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.planning.planner import GuidedPlanner
 from relreward_cli.reward.trainer import TrainedReward
+from relreward_cli.training import resolve_device
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 # (horizon, obs_dim, act_dim, use_actions, dim): configs/base.yaml's Maze2D demo; the quick locomotion preset
@@ -35,15 +37,15 @@ SHAPES = {"maze2d": (32, 4, 2, False, 16), "halfcheetah": (4, 17, 6, True, 32), 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--envs", type=int, default=10, help="states planned for at once")
-    parser.add_argument("--plans", type=int, default=4, help="plans per state of the ranked planners")
-    parser.add_argument("--few-steps", type=int, default=5, help="steps of the DDIM and DPM-Solver++ rows")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--envs", type=at_least(1), default=10, help="states planned for at once")
+    parser.add_argument("--plans", type=at_least(1), default=4, help="plans per state of the ranked planners")
+    parser.add_argument("--few-steps", type=at_least(2), default=5, help="steps of the DDIM and DPM-Solver++ rows")
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--shapes", nargs="+", default=["maze2d", "halfcheetah", "hopper"], choices=list(SHAPES))
     args = parser.parse_args()
 
     cfg = OmegaConf.load(CONFIG)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     sc = cfg.steer
     rows = []
     for shape in args.shapes:
@@ -79,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

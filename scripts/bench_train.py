@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from relreward_cli.errors import UserError, at_least, run_script  # noqa: E402
+from relreward_cli.training import resolve_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OBS_DIM, ACT_DIM = 4, 2  # PointMaze: (x, y, vx, vy), (ax, ay)
@@ -43,22 +45,30 @@ def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--devices", default="auto",
                         help="comma-separated devices (cpu,cuda); auto: cpu, plus cuda when available")
-    parser.add_argument("--budget-s", type=float, default=20.0,
+    parser.add_argument("--budget-s", type=at_least(0.1, float), default=20.0,
                         help="seconds of timed training steps per device at most (ends the timing early)")
-    parser.add_argument("--max-steps", type=int, default=40, help="timed steps at most")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--max-steps", type=at_least(2), default=40, help="timed steps at most")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. horizon=64")
     return parser.parse_args()
 
 
 def compose_config(config_name: str, overrides: list[str]):
-    """The stage's config as the CLI would compose it (``relreward <stage> <overrides>``)."""
+    """The stage's config as the CLI would compose it (``relreward <stage> <overrides>``), and checked as the CLI
+    checks it."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
 
     from relreward_cli.cli import CONFIG_DIR
+    from relreward_cli.config_schema import check_config
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name, overrides=overrides)
+        try:
+            cfg = compose(config_name, overrides=overrides)
+        except HydraException as err:
+            raise UserError(f"The overrides {overrides} cannot be composed: {err}") from None
+    check_config(cfg)
+    return cfg
 
 
 def setup(args: argparse.Namespace) -> None:
@@ -72,10 +82,7 @@ def setup(args: argparse.Namespace) -> None:
 def devices(option: str) -> list[torch.device]:
     if option == "auto":
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    out = [torch.device(name) for name in option.split(",")]
-    if any(d.type == "cuda" for d in out) and not torch.cuda.is_available():
-        sys.exit("bench: --devices asks for cuda but no CUDA GPU is visible.")
-    return out
+    return [resolve_device(name) for name in option.split(",")]
 
 
 def synthetic_segments(horizon: int, use_actions: bool, seed: int = 0, n_episodes: int = 20, length: int = 200):
@@ -257,4 +264,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

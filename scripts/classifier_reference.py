@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from relreward_cli import families
+from relreward_cli.errors import UserError, at_least, run_script
 from relreward_cli.models.networks import reward_network
 from relreward_cli.reward.extraction import noised_batch
 from relreward_cli.reward.trainer import REWARD_FILE, TrainedReward, load_reward_model
@@ -47,7 +48,7 @@ def find_run(path: Path) -> tuple[Path, Path]:
     for folder in (extract_dir, extract_dir.parent):
         if (folder / "config.yaml").is_file():
             return folder / "config.yaml", extract_dir
-    raise SystemExit(f"No config.yaml in {extract_dir} or its parent: pass a pipeline or extract run folder.")
+    raise UserError(f"No config.yaml in {extract_dir} or its parent: pass a pipeline or extract run folder.")
 
 
 def train_classifier(reward: TrainedReward, architecture: dict, data, n_steps: int, batch_size: int, lr: float,
@@ -76,10 +77,10 @@ def train_classifier(reward: TrainedReward, architecture: dict, data, n_steps: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a pipeline folder or an extract folder")
-    parser.add_argument("--steps", type=int, default=3000, help="classifier training steps")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--steps", type=at_least(1), default=3000, help="classifier training steps")
+    parser.add_argument("--batch-size", type=at_least(2), default=128, help="half base, half expert segments")
+    parser.add_argument("--lr", type=at_least(1e-12, float), default=1e-3)
+    parser.add_argument("--threads", type=at_least(1), default=None)
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the classifier's metrics and plots (default: RUN/classifier_reference; "
                              "another one keeps a reference made with other settings)")
@@ -88,7 +89,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
     config_file, extract_dir = find_run(args.run)
+    out = args.out or extract_dir.parent / "classifier_reference"
+    if (out / "metrics.json").is_file():
+        earlier = json.loads((out / "metrics.json").read_text()).get("classifier/settings")
+        if earlier != settings:
+            made = f"with {earlier}" if earlier else "before its settings were recorded"
+            raise UserError(f"{out} holds a classifier reference made {made}; this one asks for {settings}. Pass "
+                            "--out <another folder> to keep both, or delete it first.")
     cfg = OmegaConf.load(config_file)
     cfg.logger.mode = "disabled"
     learned = json.loads((extract_dir / "metrics.json").read_text())
@@ -97,10 +106,9 @@ def main() -> None:
     domain = families.of(cfg)
     data = domain.load_data(cfg, reward)
     net = train_classifier(reward, architecture, data, args.steps, args.batch_size, args.lr, cfg.seed)
-    out = args.out or extract_dir.parent / "classifier_reference"
     reference = replace(reward, net=net, path=out)
     with tracker_from_config(cfg, out, "classifier-reference") as tracker:
-        metrics = domain.reward_diagnostics(cfg, reference, data, tracker)
+        metrics = domain.reward_diagnostics(cfg, reference, data, tracker) | {"classifier/settings": settings}
         tracker.summary(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
 
@@ -118,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

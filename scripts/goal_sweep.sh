@@ -15,7 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 env_name=${1:-}
-if [[ -z $env_name || $env_name == -h || $env_name == --help ]]; then sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0; fi
+if [[ $env_name == -h || $env_name == --help ]]; then sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0; fi
+if [[ -z $env_name ]]; then sed -n '2,/^[^#]/{/^#/p}' "$0" >&2; echo "goal_sweep.sh: name the maze env first" >&2; exit 2; fi
 shift
 [[ -f configs/env/$env_name.yaml ]] || { echo "no env config configs/env/$env_name.yaml" >&2; exit 2; }
 if [[ -z "${RELREWARD:-}" ]]; then

@@ -19,20 +19,30 @@ from rich.console import Console
 from rich.table import Table
 
 from relreward_cli.data.sources import load_episodes
+from relreward_cli.errors import UserError, at_least, run_script
 from relreward_cli.reward.evaluate import episode_windows, noised_reward, pearson
 from relreward_cli.reward.trainer import load_reward_model
 
+TRAJECTORY_SOURCES = ("minari", "generated", "hdf5")
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("reward", type=Path, help="an extract run folder or reward.pt")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--t", type=int, nargs="+", default=[0])
-    parser.add_argument("--segments", type=int, default=1024)
+    parser.add_argument("--t", type=at_least(0), nargs="+", default=[0], help="diffusion times to read it at")
+    parser.add_argument("--segments", type=at_least(2), default=1024)
     args = parser.parse_args()
     torch.set_num_threads(1)
     reward = load_reward_model(args.reward)
     spec, sources = reward.spec, reward.info["sources"]
+    if max(args.t) >= reward.schedule.n_steps:
+        raise UserError(f"--t {' '.join(map(str, args.t))}: the reward's models have {reward.schedule.n_steps} "
+                        f"diffusion steps, so every t must be below {reward.schedule.n_steps}.")
+    for kind in ("base", "expert"):
+        if sources[kind].partition(":")[0] not in TRAJECTORY_SOURCES:
+            raise UserError(f"The reward was extracted from {sources[kind]}, which is not a trajectory dataset: "
+                            "this script reads segments of episodes (Maze2D, locomotion).")
     for kind in ("base", "expert"):
         raw, returns = episode_windows(load_episodes(sources[kind], args.data_dir), spec.horizon, spec.use_actions,
                                        args.segments, seed=0)
@@ -54,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -14,6 +14,7 @@
 # $HELDOUT_ROOT/$ENV[-$TAG], so that `relreward report runs/heldout` tables every task), RELREWARD.
 # Extra arguments are Hydra overrides for every step (model paths, threads=1, formulation=authors, ...).
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0; fi
 cd "$(dirname "$0")/.."
 ENV=${ENV:-halfcheetah}
 PRESET=${PRESET:-locomotion_quick}

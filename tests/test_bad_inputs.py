@@ -39,10 +39,11 @@ def _assert_refused(proc, *message: str) -> None:
     (["env.goal_cell=[1]"], "env.base_data is built from other values and fails"),
     (["env.evaluate.windows=0", "env.evaluate.bin_size=0"], "env.evaluate.windows=0: must be a positive integer"),
     (["extract.grid_resolution=100"], "extract.grid_resolution=100: must be above 0 and at most one maze cell"),
-    (["env.evaluate.expert.episode_steps=4"], "env.evaluate.expert.episode_steps=4: must be at least horizon=8"),
+    (["env.generate.base.episode_steps=4"], "env.generate.base.episode_steps=4: must be at least horizon=8"),
     (["steer.n_guide_steps=0"], "steer.n_guide_steps=0: must be a positive integer"),
     (["steer.scale=inf"], "steer.scale=inf: must be a finite number >= 0"),
     (["+steer.controller.p_gian=5"], "steer.controller.p_gian=5"),
+    (["formulation=authors"], "env=maze2d_umaze does not define env.authors_steering.scale"),
 ])
 def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path, overrides, message):
     run_root = tmp_path / "runs"

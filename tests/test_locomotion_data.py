@@ -73,6 +73,8 @@ def test_settings_are_checked():
         locomotion_settings("halfcheetah", 300, 100, {"random": 10, "expert": 10}, seed=0)
     with pytest.raises(UserError, match="total_steps >= eval_every"):
         locomotion_settings("halfcheetah", 50, 100, dict.fromkeys(LEVELS, 10), seed=0)
+    with pytest.raises(UserError, match="env.max_episode_steps=0: an episode needs at least one step"):
+        locomotion_settings("halfcheetah", 300, 100, dict.fromkeys(LEVELS, 10), seed=0, max_episode_steps=0)
 
 
 def test_make_dataset_cli_and_quick_preset(cli, tmp_path):

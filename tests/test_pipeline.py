@@ -290,6 +290,11 @@ def test_classifier_reference_scores_a_classifier_as_the_reward_is_scored(pipeli
         assert 0.0 <= metrics[f"accuracy/t{t}"] <= 1.0 and -1.0 <= metrics[f"pearson/t{t}"] <= 1.0
     assert not (run_dir / "classifier_reference").exists()  # --out kept the default folder free
     assert "accuracy, classifier" in proc.stdout
+    before = (out / "metrics.json").read_bytes()
+    again = subprocess.run([sys.executable, str(script), str(run_dir), "--steps", "6", "--threads", "1", "--out",
+                            str(out)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "reference made with {'steps': 5" in again.stderr, again.stderr[-2000:]
+    assert (out / "metrics.json").read_bytes() == before  # a reference of other settings is not replaced
 
 
 def test_other_evaluation_settings_evaluate_a_finished_extraction_again(smoke_data, tmp_path, cli):
@@ -366,6 +371,7 @@ def test_an_interrupted_rerun_is_one_line_and_leaves_no_summary_of_the_earlier_r
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
-    assert "Traceback" not in stderr and "relreward: interrupted. Run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert "relreward: interrupted. Running the same command again keeps what is finished" in stderr
     assert not (run_dir / "metrics.json").exists()
     assert "lr: 0.001" in (run_dir / "config.yaml").read_text()

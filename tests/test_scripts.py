@@ -1,7 +1,8 @@
-"""The scripts under scripts/ import against the current package (they are not run here: the benchmarks' timings
-belong to `make bench`, the analyses to documented runs)."""
+"""The scripts under scripts/ import against the current package and refuse bad input as the CLI does (they are
+not run to the end here: the benchmarks' timings belong to `make bench`, the analyses to documented runs)."""
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,3 +20,18 @@ def test_script_imports(name, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     assert callable(module.main)
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["bench_train.py", "--devices", "tpu"], "device=tpu is not a device torch knows"),
+    (["bench_train.py", "horizon=abc"], "horizon=abc: must be an integer"),
+    (["bench_train.py", "--max-steps", "0"], "argument --max-steps: 0 is below 2"),
+    (["bench_plan.py", "--device", "bogus"], "device=bogus is not a device torch knows"),
+    (["classifier_reference.py", "no-such-run"], "No config.yaml in no-such-run"),
+    (["reward_features.py", "no-such-run"], "No extracted reward at no-such-run"),
+])
+def test_script_refuses_bad_input_in_one_paragraph(args, said, tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / args[0]), *args[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and said in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -295,6 +295,34 @@ def test_report_shows_a_run_whose_last_attempt_failed_as_failed_and_skips_unread
     assert states["seed=2"] == "running, killed or failed without a message"
 
 
+def test_report_counts_runs_without_a_value_and_writes_only_its_own_files(tmp_path, capsys):
+    """A run whose metric is NaN is counted in the cell (n=1 of 2) instead of silently averaging fewer seeds; a
+    refused `--select` writes nothing; an output folder that cannot be written is one paragraph; a report without
+    `--select` leaves no selection.json of an earlier one."""
+    import yaml
+
+    from relreward_cli.report import main as report_main
+
+    sweep = tmp_path / "sweep"
+    for seed, value in ((0, 0.5), (1, float("nan"))):
+        run = sweep / f"seed={seed}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
+        (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "maze2d_umaze"}, "seed": seed}))
+        (run / "metrics.json").write_text(json.dumps({"headline/pearson": value}))
+    out = tmp_path / "out"
+    assert report_main([str(sweep), "--out", str(out), "--select", "headline/pearson"]) == 0
+    assert "0.500 (n=1 of 2)" in (out / "report.md").read_text() and (out / "selection.json").is_file()
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert report_main([str(sweep), "--out", str(out), "--select", "bogus"]) == 2
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert report_main([str(sweep), "--out", str(out)]) == 0 and not (out / "selection.json").exists()
+    (tmp_path / "a-file").write_text("")
+    capsys.readouterr()
+    assert report_main([str(sweep), "--out", str(tmp_path / "a-file")]) == 2
+    assert "relreward: error: Not a directory" in capsys.readouterr().err
+
+
 def assert_valid_markdown_tables(text: str) -> None:
     """Every table: a header, a separator of as many cells, rows of as many cells."""
     blocks, block = [], []
@@ -352,7 +380,7 @@ def test_a_job_failing_inside_the_sweep_is_told_with_its_reason_and_log(cli, tmp
     proc = cli(["train-diffusion", "--multirun", "seed=0", "hydra/launcher=local", "experiment=smoke",
                 f"run_root={tmp_path / 'runs'}", f"data_dir={tmp_path / 'no-data'}", "logger.mode=disabled"], tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "a job of the sweep ended without its result" in proc.stderr
+    assert "1 job(s) of the sweep ended without a result:" in proc.stderr
     assert re.search(r"relreward: error: Minari dataset 'relreward/pointmaze-umaze/[\w-]+-v0' is not in the "
                      r"Minari root", proc.stderr) and "_0_log.err" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -363,6 +391,21 @@ def test_a_job_failing_inside_the_sweep_is_told_with_its_reason_and_log(cli, tmp
     assert reason.startswith("Minari dataset 'relreward/pointmaze-umaze/") and "is not in the Minari root" in reason
     assert not list(sweep_dir.glob("*/model.pt"))
     assert f"| failed: {reason[:60]}" in write_report(sweep_dir)["markdown"]
+    # Launched again: only this attempt's logs are listed, not the earlier attempt's too.
+    again = cli(["train-diffusion", "--multirun", "seed=0", "hydra/launcher=local", "experiment=smoke",
+                 f"run_root={tmp_path / 'runs'}", f"data_dir={tmp_path / 'no-data'}", "logger.mode=disabled"], tmp_path)
+    assert again.returncode == 1 and again.stderr.count("_log.err") == 1, again.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("sweep", "said"), [
+    (["base_model=/runs/a,/runs/b"], "base_model is left out of the job folders' names"),
+    (["seed=0,1,0"], "the sweep lists seed=0 more than once"),
+])
+def test_a_sweep_whose_jobs_would_share_a_run_folder_is_refused_before_any_job(cli, tmp_path, sweep, said):
+    proc = cli(["extract", "--multirun", *sweep, "hydra/launcher=local", "experiment=smoke",
+                f"run_root={tmp_path / 'runs'}", "logger.mode=disabled"], tmp_path)
+    assert proc.returncode == 2 and said in proc.stderr and "No job was started" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
 
 
 def test_report_of_a_goal_sweep_gives_mean_and_worst_goal_and_one_figure_of_every_goal(tmp_path):

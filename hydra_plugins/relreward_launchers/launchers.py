@@ -10,6 +10,7 @@ sweep has ended, naming the failed jobs' log files.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -18,11 +19,25 @@ from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 
 
-def _failed_job_logs(folder: Path) -> list[Path]:
-    """The logs (stderr, stdout) of the jobs under the sweep's `.submitit` folder that wrote no result."""
+def _failed_job_logs(folder: Path, since: float) -> list[Path]:
+    """The logs (stderr, stdout) of the jobs under the sweep's `.submitit` folder that wrote no result, of this
+    launch (written at or after `since`, a `time.time()`): an earlier attempt's logs are not this one's."""
     return [log for err in sorted(folder.glob("*/*_log.err"))
             if not err.with_name(err.name.replace("_log.err", "_result.pkl")).exists()
+            and err.stat().st_mtime >= since - 1.0
             for log in (err, err.with_suffix(".out"))]
+
+
+def _reasons(err_log: Path) -> list[str]:
+    """The paragraphs a job printed as `relreward: error: ...`, with their indented continuation lines (the list
+    of problems of a refused config)."""
+    reasons: list[list[str]] = []
+    for line in err_log.read_text(errors="replace").splitlines():
+        if line.startswith("relreward: error:"):
+            reasons.append([line])
+        elif reasons and line.startswith("  ") and len(reasons[-1]) < 20:
+            reasons[-1].append(line)
+    return ["\n".join(reason) for reason in reasons]
 
 
 class _PlainFailures:
@@ -34,6 +49,7 @@ class _PlainFailures:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
+        self._started = time.time()
         try:
             return super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
         except FailedJobError as error:
@@ -52,13 +68,11 @@ class _PlainFailures:
 
     def _report_failed_jobs(self, text: str) -> NoReturn:
         folder = Path(str(self.params["submitit_folder"])).parent
-        logs = _failed_job_logs(folder)
-        reasons = sorted({line for path in logs if path.suffix == ".err"
-                          for line in path.read_text(errors="replace").splitlines()
-                          if line.startswith("relreward: error:")})
-        told = "".join(f"\n{reason}" for reason in reasons)
+        logs = _failed_job_logs(folder, getattr(self, "_started", 0.0))
+        reasons = sorted({reason for path in logs if path.suffix == ".err" for reason in _reasons(path)})
+        told = "".join(f"\n{reason}" for reason in reasons) or f"\n{text.splitlines()[0]}"
         shown = "\n  ".join(str(path) for path in logs) or str(folder)
-        print(f"relreward: error: a job of the sweep ended without its result ({text.splitlines()[0]}).{told}\n"
+        print(f"relreward: error: {len(logs) // 2 or 'a'} job(s) of the sweep ended without a result:{told}\n"
               f"Their logs:\n  {shown}\nFinished runs keep their results; launching the same command again "
               "skips them and resumes the others.", file=sys.stderr)
         sys.exit(1)

@@ -43,6 +43,9 @@ def locomotion_settings(task: str, total_steps: int, eval_every: int, n_steps: d
     if set(n_steps) != set(LEVELS) or min(n_steps.values()) < 1:
         raise UserError(f"n_steps needs a positive number of env steps for each of {', '.join(LEVELS)}; got "
                         f"{dict(n_steps)}.")
+    if max_episode_steps is not None and max_episode_steps < 1:
+        raise UserError(f"env.max_episode_steps={max_episode_steps}: an episode needs at least one step (null: the "
+                        "task's own length).")
     if eval_every < 1 or total_steps < eval_every:
         raise UserError(f"SAC needs total_steps >= eval_every >= 1 (got {total_steps}, {eval_every}): the "
                         "medium snapshot is picked among the evaluations.")

@@ -78,8 +78,9 @@ class Maze2DFamily(TrajectoryFamily):
     name = "maze2d"
 
     def check_config(self, cfg: DictConfig) -> None:
-        """The goal is a free cell, and the evaluation's sizes (``env.evaluate``, ``extract.grid_resolution``) give
-        windows to score and bins no larger than a cell, so that the maps show the walls."""
+        """The goal is a free cell, episodes (made and fresh) are long enough to cut segments from, and the
+        evaluation's sizes (``env.evaluate``, ``extract.grid_resolution``) give windows to score and bins no larger
+        than a cell, so that the maps show the walls."""
         super().check_config(cfg)
         geometry, _ = maze_goal(cfg)
         ev, cell = cfg.env.evaluate, geometry.scaling
@@ -87,17 +88,17 @@ class Maze2DFamily(TrajectoryFamily):
                   for kind in ("base", "expert") for key in ("n_episodes", "episode_steps")}
         problems = [f"env.evaluate.{key}={value}: must be a positive integer"
                     for key, value in {**counts, "windows": ev.windows}.items() if not _is_count(value)]
-        problems += [f"env.evaluate.{kind}.episode_steps={ev[kind].episode_steps}: must be at least horizon="
-                     f"{cfg.horizon}, the length of the windows cut from the episodes"
-                     for kind in ("base", "expert") if _is_count(ev[kind].episode_steps)
-                     and ev[kind].episode_steps < cfg.horizon]
+        steps = {f"{section}.{kind}.episode_steps": cfg.env[section][kind].episode_steps
+                 for section in ("generate", "evaluate") for kind in ("base", "expert")}
+        problems += [f"env.{key}={value}: must be at least horizon={cfg.horizon}, the length of the segments cut "
+                     "from the episodes" for key, value in steps.items() if _is_count(value) and value < cfg.horizon]
         sizes = {"env.evaluate.bin_size": ev.bin_size, "extract.grid_resolution": cfg.extract.grid_resolution}
         problems += [f"{key}={value}: must be above 0 and at most one maze cell ({cell} world units)"
                      for key, value in sizes.items()
                      if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= cell)]
         if problems:
-            raise UserError("The reward's evaluation settings do not fit the maze; nothing was run. Fix them on the "
-                            "command line:\n  " + "\n  ".join(problems))
+            raise UserError("The Maze2D settings cannot work; nothing was run. Fix them on the command line:\n  "
+                            + "\n  ".join(problems))
 
     @one_writer_at_a_time
     def make_datasets(self, cfg: DictConfig, kinds: tuple[str, ...], overwrite: bool) -> dict[str, dict]:

@@ -58,6 +58,10 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     ``metrics.json``). The reward model is read only when a planner that uses it is among them. A ``run_dir``
     holding an evaluation of other models or settings is refused (or, with ``start_afresh``, set aside)."""
     sc, domain = cfg.steer, families.of(cfg)
+    if domain.pretrained_models:
+        raise UserError(f"env={cfg.env.name} compares two pretrained models, with no planner here to steer, so "
+                        f"steer-eval has nothing to evaluate. Its reward is extracted and evaluated by `relreward "
+                        f"extract env={cfg.env.name}` (or `relreward pipeline env={cfg.env.name}`). Nothing was run.")
     if not sc.planners or not set(sc.planners) <= set(PLANNERS):
         raise UserError(f"steer.planners={list(sc.planners)}: choose one or more of {', '.join(PLANNERS)}.")
     device = torch_device(cfg)
