@@ -89,7 +89,16 @@ def recorded(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / PROVENANCE_FILE
     if not path.is_file():
         return None
-    found = json.loads(path.read_text())
+    try:
+        found = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} cannot be read ({err}), so what this run folder was made from is unknown. Delete "
+                        "that file and run the command again: the folder's results are then set aside (pipeline, "
+                        "overwrite=true) or the command says how to start afresh; nothing is reused unchecked."
+                        ) from None
+    if not isinstance(found, dict):
+        raise UserError(f"{path} holds no record of what the run folder was made from. Delete that file and run the "
+                        "command again.")
     settings = found.get("settings", {})
     for (section, key), earlier in ADDED_SETTINGS.items():
         if isinstance(settings.get(section), dict):

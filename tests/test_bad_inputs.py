@@ -277,3 +277,29 @@ def test_steer_eval_refuses_to_replace_an_evaluation_of_other_settings(cli, trai
     assert list((tmp_path / "eval").glob("superseded-*/metrics.json"))
     proc = cli(["steer-eval", *trained["common"], *models, "steer.t_stopgrad=5", "overwrite=true"], trained["root"])
     _assert_refused(proc, "steer.t_stopgrad=5, but the base model has 5 diffusion steps", "Nothing was rolled out")
+
+
+@pytest.mark.parametrize(("override", "said"), [
+    ("env.test_fraction=0.999", "env.test_fraction=0.999: gives 1796 test and 1 training images"),
+    ("env.split_seed=-1", "env.split_seed=-1: must be an integer in [0, 2**32 - 1]"),
+])
+def test_digit_settings_that_cannot_split_are_refused_before_any_work(cli, tmp_path, override, said):
+    """Before, these reached scikit-learn after the run folder's record was rewritten: a traceback, and the next
+    good run set the finished models aside as stale."""
+    run_root = tmp_path / "runs"
+    proc = cli(["pipeline", "env=digits", "experiment=smoke", f"run_root={run_root}", "logger.mode=disabled",
+                "device=cpu", override], tmp_path)
+    _assert_refused(proc, said)
+    assert not list(run_root.rglob("provenance.json"))
+
+
+def test_an_unreadable_provenance_record_is_one_paragraph_and_changes_nothing(cli, trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "base"
+    shutil.copytree(trained["base"], run)
+    (run / "provenance.json").write_text("{garbage")
+    before = _digests(run)
+    proc = cli(["train-diffusion", "kind=base", *trained["common"], f"hydra.run.dir={run}"], trained["root"])
+    _assert_refused(proc, "provenance.json cannot be read", "Delete that file and run the command again")
+    assert _digests(run) == before

@@ -6,6 +6,7 @@ Pixel values are raw intensities in [0, 16] throughout; an image `(8, 8)` is row
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,11 +33,29 @@ class DigitsSplit:
     test_labels: np.ndarray
 
 
+def split_problems(test_fraction: object, seed: object) -> list[str]:
+    """What keeps `load_digits_split` from splitting with these values: each part, being stratified, needs an
+    image of every class; the seed is a NumPy seed (an integer in [0, 2**32 - 1])."""
+    problems = []
+    if not isinstance(test_fraction, (int, float)) or isinstance(test_fraction, bool) or not 0 < test_fraction < 1:
+        problems.append(f"test_fraction={test_fraction}: must be a number in (0, 1), the share of images held out")
+    else:
+        digits = load_digits()
+        n_images, n_classes = len(digits.target), len(set(digits.target.tolist()))
+        n_test = math.ceil(test_fraction * n_images)
+        if min(n_test, n_images - n_test) < n_classes:
+            problems.append(f"test_fraction={test_fraction}: gives {n_test} test and {n_images - n_test} training "
+                            f"images of {n_images}; each part needs at least one of each of the {n_classes} digits")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        problems.append(f"split_seed={seed}: must be an integer in [0, 2**32 - 1]")
+    return problems
+
+
 def load_digits_split(test_fraction: float = 0.3, seed: int = 0) -> DigitsSplit:
     """The digits split into train and test parts, stratified by label (every class in both), the same for a
     given `seed`."""
-    if not 0 < test_fraction < 1:
-        raise UserError(f"test_fraction={test_fraction} must be in (0, 1): both parts need images.")
+    if problems := split_problems(test_fraction, seed):
+        raise UserError("The digits cannot be split so: " + "; ".join(problems) + ".")
     digits = load_digits()
     images = digits.images.astype(np.float32)
     labels = digits.target.astype(np.int64)

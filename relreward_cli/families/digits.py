@@ -27,6 +27,7 @@ from relreward_cli.data.digits import (
     digits_data_file,
     fit_digit_classifier,
     load_digits_split,
+    split_problems,
 )
 from relreward_cli.data.normalizer import Normalizer
 from relreward_cli.data.pairs import SegmentPair
@@ -95,6 +96,9 @@ class DigitsFamily(EnvFamily):
         if not set(expert) < set(base):
             raise UserError(f"env.expert_data={cfg.env.expert_data} must name fewer digits than, and only digits of, "
                             f"env.base_data={cfg.env.base_data}: the expert learns a subset of what the base learns.")
+        if problems := split_problems(cfg.env.test_fraction, cfg.env.split_seed):
+            raise UserError("The digits' split settings cannot work; nothing was run:\n  "
+                            + "\n  ".join(f"env.{problem}" for problem in problems))
         if cfg.horizon != IMAGE_SIZE or cfg.use_actions:
             raise UserError(f"horizon={cfg.horizon}, use_actions={cfg.use_actions}: a digit is {IMAGE_SIZE} rows of "
                             f"{IMAGE_SIZE} pixels, so env=digits needs horizon={IMAGE_SIZE} and use_actions=false "
