@@ -42,6 +42,7 @@ def _assert_refused(proc, *message: str) -> None:
     (["env.generate.base.episode_steps=4"], "env.generate.base.episode_steps=4: must be at least horizon=8"),
     (["steer.n_guide_steps=0"], "steer.n_guide_steps=0: must be a positive integer"),
     (["steer.scale=inf"], "steer.scale=inf: must be a finite number >= 0"),
+    (["steer.eta=-1"], "steer.eta=-1: must be a finite number >= 0"),
     (["+steer.controller.p_gian=5"], "steer.controller.p_gian=5"),
     (["formulation=authors"], "env=maze2d_umaze does not define env.authors_steering.scale"),
 ])

@@ -100,6 +100,15 @@ def test_pretrained_pair_has_nothing_to_train(cli, run_root):
     assert "no diffusion model to train" in proc.stderr
 
 
+def test_pretrained_pair_has_nothing_to_steer(cli, run_root):
+    """Before, steer-eval looked for diffusion models and suggested training them, which train-diffusion refuses."""
+    proc = cli(["steer-eval", "env=stable_diffusion", f"run_root={run_root}", "logger.mode=disabled"],
+               run_root.parent)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "compares two pretrained models, with no planner here to steer" in proc.stderr
+    assert "train-diffusion" not in proc.stderr
+
+
 def test_digits_model_of_another_split_is_not_reused(cli, run_root):
     """The train / test split decides which images a model saw: a run folder trained on one split is refused for
     another (its test images could be training images), naming the difference."""
