@@ -461,10 +461,11 @@ REPORT_FILES = ("report.md", "report_bars.png", "reward_maps_grid.png", "reward_
 """What `relreward report` writes into its output folder."""
 
 
-def write_report(sweep: Path, out: Path | None = None, use_wandb: bool = False) -> dict[str, Path | None]:
-    """Build the report of ``sweep`` and write ``report.md`` and the figures into ``out`` (default: the
-    sweep folder). Returns the written paths."""
-    report = build_report(sweep)
+def write_report(sweep: Path, out: Path | None = None, use_wandb: bool = False,
+                 report: Report | None = None) -> dict[str, Path | None]:
+    """Write the report of ``sweep`` (``report`` when already built, else built here) as ``report.md`` and the
+    figures into ``out`` (default: the sweep folder). Returns the written paths."""
+    report = report if report is not None else build_report(sweep)
     if use_wandb:
         report.notes.append(fill_from_wandb(report))
         label_tasks(report.runs)
@@ -503,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         selection = select_setting(report, args.select) if args.select else None
         for name in REPORT_FILES:  # an earlier report's files that this one might not write again
             (out / name).unlink(missing_ok=True)
-        written = write_report(args.sweep, out, args.wandb)
+        written = write_report(args.sweep, out, args.wandb, report)
         if selection is not None:
             (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
     except UserError as err:

@@ -6,6 +6,7 @@ Pixel values are raw intensities in [0, 16] throughout; an image `(8, 8)` is row
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -33,6 +34,13 @@ class DigitsSplit:
     test_labels: np.ndarray
 
 
+@functools.cache
+def _image_and_class_counts() -> tuple[int, int]:
+    """How many digit images scikit-learn ships, and of how many classes (read once: every stage checks)."""
+    labels = load_digits().target
+    return len(labels), len(set(labels.tolist()))
+
+
 def split_problems(test_fraction: object, seed: object) -> list[str]:
     """What keeps `load_digits_split` from splitting with these values: each part, being stratified, needs an
     image of every class; the seed is a NumPy seed (an integer in [0, 2**32 - 1])."""
@@ -40,8 +48,7 @@ def split_problems(test_fraction: object, seed: object) -> list[str]:
     if not isinstance(test_fraction, (int, float)) or isinstance(test_fraction, bool) or not 0 < test_fraction < 1:
         problems.append(f"test_fraction={test_fraction}: must be a number in (0, 1), the share of images held out")
     else:
-        digits = load_digits()
-        n_images, n_classes = len(digits.target), len(set(digits.target.tolist()))
+        n_images, n_classes = _image_and_class_counts()
         n_test = math.ceil(test_fraction * n_images)
         if min(n_test, n_images - n_test) < n_classes:
             problems.append(f"test_fraction={test_fraction}: gives {n_test} test and {n_images - n_test} training "
