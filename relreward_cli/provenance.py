@@ -26,6 +26,8 @@ from relreward_cli.errors import UserError
 from relreward_cli.tracking import write_json_atomic
 
 PROVENANCE_FILE = "provenance.json"
+# The record's entry of the finished run's file digests: absent in records from before seals, None while unsealed.
+OUTPUTS = "outputs"
 # A folder holding any of these holds work of a run; one without them (a run stopped before its first result)
 # is simply claimed by the next.
 WORK = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json")
@@ -83,9 +85,8 @@ def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 
 
-def recorded(run_dir: Path) -> dict[str, Any] | None:
-    """The provenance recorded in `run_dir` (None without one), with the settings added since it was written
-    filled in with their earlier behaviour (`ADDED_SETTINGS`) where its section is recorded."""
+def _read(run_dir: Path) -> dict[str, Any] | None:
+    """The record in `run_dir` as written, seal included (None without one)."""
     path = Path(run_dir) / PROVENANCE_FILE
     if not path.is_file():
         return None
@@ -99,11 +100,76 @@ def recorded(run_dir: Path) -> dict[str, Any] | None:
     if not isinstance(found, dict):
         raise UserError(f"{path} holds no record of what the run folder was made from. Delete that file and run the "
                         "command again.")
+    return found
+
+
+def recorded(run_dir: Path) -> dict[str, Any] | None:
+    """The provenance recorded in `run_dir` (None without one), without its seal, and with the settings added since
+    it was written filled in with their earlier behaviour (`ADDED_SETTINGS`) where its section is recorded."""
+    found = _read(run_dir)
+    if found is None:
+        return None
+    found.pop(OUTPUTS, None)
     settings = found.get("settings", {})
     for (section, key), earlier in ADDED_SETTINGS.items():
         if isinstance(settings.get(section), dict):
             settings[section].setdefault(key, earlier)
     return found
+
+
+def seal(run_dir: Path) -> None:
+    """Record in `run_dir`'s record the digests of the files its finished run wrote (those of `WORK` it holds)."""
+    run_dir = Path(run_dir)
+    found = _read(run_dir)
+    if found is None:
+        raise RuntimeError(f"{run_dir} has no {PROVENANCE_FILE} to seal; a stage claims its folder first")
+    found[OUTPUTS] = {name: digest(run_dir / name) for name in WORK if (run_dir / name).exists()}
+    write_json_atomic(run_dir / PROVENANCE_FILE, found)
+
+
+def altered_outputs(run_dir: Path) -> list[str]:
+    """`name: how` for every file the sealed run in `run_dir` wrote that is not as it left it (replaced, damaged or
+    gone); empty for an unsealed folder or a record from before seals."""
+    outputs = (_read(run_dir) or {}).get(OUTPUTS)
+    if not isinstance(outputs, dict):
+        return []
+    run_dir = Path(run_dir)
+    return [f"{name}: gone since the run finished" if not (run_dir / name).exists() else
+            f"{name}: not the file the run wrote (digest {sealed} -> {digest(run_dir / name)})"
+            for name, sealed in sorted(outputs.items())
+            if not (run_dir / name).exists() or digest(run_dir / name) != sealed]
+
+
+def intact(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a finished run as it left it: sealed with its files unchanged, or recorded before
+    seals were kept (unchecked)."""
+    found = _read(run_dir)
+    if found is None or OUTPUTS not in found:
+        return True
+    return found[OUTPUTS] is not None and not altered_outputs(run_dir)
+
+
+def check_output(file: Path, stage: str) -> None:
+    """Refuse to read `file` (a model or reward) unless the run that wrote it finished and left it as it is. A file
+    outside a recorded run folder, or in one recorded before seals were kept, is read unchecked.
+
+    Args:
+        stage: the command that writes the file, for the message (``relreward train-diffusion``).
+    """
+    file = Path(file)
+    found = _read(file.parent)
+    if found is None or not isinstance(found.get(OUTPUTS, {}), dict):
+        if found is not None:
+            raise UserError(f"{file} belongs to a run in {file.parent} that has not finished (it is running, or was "
+                            f"stopped), so it is not the run's result. Finish that run (`{stage}` with the same "
+                            "settings resumes it), then use it. Nothing was run.")
+        return
+    problems = [problem for problem in altered_outputs(file.parent) if problem.startswith(f"{file.name}:")]
+    if problems:
+        raise UserError(f"{file} was changed after its run finished ({problems[0].split(': ', 1)[1]}): it was "
+                        f"replaced or damaged, so what it holds is unknown. Run `{stage}` for that folder again with "
+                        "overwrite=true (its files move to superseded-<time>/), or pass another file. Nothing was "
+                        "run.")
 
 
 def matches(run_dir: Path, current: Mapping[str, Any]) -> bool:
@@ -130,18 +196,18 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_
     """Make `run_dir` a folder of the run `current` describes, before any work.
 
     A new folder, one holding the same run, or one without results yet is claimed (the record written). One
-    holding results (`WORK`) of a run made from something else, or from before records were kept, or (given
-    `n_steps`, the override and the steps asked for) trained further than asked, is refused with the
-    differences, unless `start_afresh`: then its outputs move to `superseded-<time>/` inside it and the run
-    starts there anew.
+    holding results (`WORK`) of a run made from something else, or from before records were kept, or whose
+    sealed files were changed after it finished, or (given `n_steps`, the override and the steps asked for)
+    trained further than asked, is refused with the differences, unless `start_afresh`: then its outputs move to
+    `superseded-<time>/` inside it and the run starts there anew. The claimed folder is unsealed until its stage
+    calls `seal`.
     """
     run_dir = Path(run_dir)
     found = recorded(run_dir)
-    past = _past_asked_steps(run_dir, n_steps)
-    if found == current and past is None:
-        return
-    if any((run_dir / name).exists() for name in WORK):
-        changes = [past] if past else []
+    altered = altered_outputs(run_dir)
+    past = None if altered else _past_asked_steps(run_dir, n_steps)  # an altered checkpoint may not even load
+    if (found != current or past or altered) and any((run_dir / name).exists() for name in WORK):
+        changes = ([past] if past else []) + altered
         if found != current:
             changes += differences(found, current) if found is not None else [
                 "the folder's files were made before relreward recorded what a run is made from"]
@@ -159,4 +225,4 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_
         log.warning("%s was made from something else (%s); its files moved to %s, starting afresh.", run_dir,
                     "; ".join(changes[:3]), aside)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / PROVENANCE_FILE, dict(current))
+    write_json_atomic(run_dir / PROVENANCE_FILE, {**current, OUTPUTS: None})  # unsealed until the run finishes

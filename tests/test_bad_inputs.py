@@ -4,6 +4,7 @@ no traceback, no artifact a later run would take as finished, and no earlier res
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,67 @@ def test_a_record_older_than_a_setting_reads_as_the_behaviour_before_it(tmp_path
     with pytest.raises(UserError, match="settings.train.precision: fp32 -> bf16"):
         provenance.claim(tmp_path, current("bf16"), start_afresh=False, how_to_start_afresh="overwrite=true")
     assert (tmp_path / "model.pt").read_bytes() == b"weights"
+
+
+def test_a_finished_run_is_sealed_and_a_file_changed_afterwards_is_not_reused(tmp_path):
+    """A stage seals what it wrote; a file replaced after that is refused (read by a later stage, or resumed)
+    and set aside with `start_afresh`; an unsealed run's model is not read; records from before seals are
+    read unchecked."""
+    import json
+
+    from relreward_cli import provenance
+    from relreward_cli.errors import UserError
+
+    run = tmp_path / "run"
+    current = provenance.record({"stage": "train-diffusion", "seed": 0}, {})
+    provenance.claim(run, current, start_afresh=False, how_to_start_afresh="overwrite=true")
+    (run / "model.pt").write_bytes(b"weights")
+    with pytest.raises(UserError, match="has not finished"):  # claimed, not sealed: a stopped or running run
+        provenance.check_output(run / "model.pt", "relreward train-diffusion")
+    assert not provenance.intact(run)
+    provenance.seal(run)
+    assert provenance.intact(run) and provenance.matches(run, current)
+    provenance.check_output(run / "model.pt", "relreward train-diffusion")
+    provenance.check_output(tmp_path / "elsewhere" / "model.pt", "relreward train-diffusion")  # no record: unchecked
+
+    (run / "model.pt").write_bytes(b"another model's weights")
+    assert not provenance.intact(run) and provenance.matches(run, current)  # the settings still match
+    assert provenance.altered_outputs(run)[0].startswith("model.pt: not the file the run wrote")
+    with pytest.raises(UserError, match=r"was changed after its run finished .*overwrite=true"):
+        provenance.check_output(run / "model.pt", "relreward train-diffusion")
+    with pytest.raises(UserError, match="model.pt: not the file the run wrote"):
+        provenance.claim(run, current, start_afresh=False, how_to_start_afresh="overwrite=true")
+    assert (run / "model.pt").read_bytes() == b"another model's weights"
+    provenance.claim(run, current, start_afresh=True, how_to_start_afresh="overwrite=true")
+    (aside,) = run.glob("superseded-*")
+    assert (aside / "model.pt").read_bytes() == b"another model's weights" and not (run / "model.pt").exists()
+
+    (run / "model.pt").write_bytes(b"weights")
+    provenance.seal(run)
+    (run / "model.pt").unlink()
+    assert provenance.altered_outputs(run) == ["model.pt: gone since the run finished"]
+
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "provenance.json").write_text(json.dumps(current))
+    (older / "model.pt").write_bytes(b"weights")
+    assert provenance.intact(older) and provenance.matches(older, current)
+    provenance.check_output(older / "model.pt", "relreward train-diffusion")
+
+
+def test_a_model_replaced_after_its_run_finished_is_refused_by_the_stages_that_read_it(cli, trained, tmp_path):
+    """The expert's model.pt copied over the base's (as a user might by mistake): extract and steer-eval refuse to
+    read it as the base model, before any work."""
+    base, expert = tmp_path / "base", tmp_path / "expert"
+    shutil.copytree(trained["base"], base)
+    shutil.copytree(trained["expert"], expert)
+    shutil.copy2(expert / "model.pt", base / "model.pt")
+    out = tmp_path / "out"
+    for stage, reward in (("extract", []), ("steer-eval", [f"reward_model={trained['extract']}"])):
+        proc = cli([stage, *trained["common"], f"base_model={base}", f"expert_model={expert}", *reward,
+                    f"hydra.run.dir={out / stage}"], trained["root"])
+        _assert_refused(proc, f"{base / 'model.pt'} was changed after its run finished", "overwrite=true")
+        assert not (out / stage / "provenance.json").exists()
 
 
 def test_extract_refuses_to_reuse_a_reward_of_other_models(cli, trained, tmp_path):

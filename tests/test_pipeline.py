@@ -17,6 +17,7 @@ import torch
 import yaml
 from conftest import _cli_command
 
+from relreward_cli import provenance
 from relreward_cli.data.pairs import load_segment_pair
 from relreward_cli.diffusion.artifact import load_diffusion_model
 from relreward_cli.envs.maze import MazeGeometry
@@ -130,13 +131,15 @@ def test_rerun_redoes_only_the_missing_stage_and_is_deterministic(pipeline_run, 
 
 def test_changed_model_reruns_the_stages_built_on_it(pipeline_run, smoke_data, cli):
     """A stage is skipped only if it was made from the same upstream files: a retrained expert model (here:
-    one weight nudged) makes the pipeline extract again, while the base model stays untouched."""
+    one weight nudged, and the expert's folder sealed again as its stage would) makes the pipeline extract again,
+    while the base model stays untouched."""
     run_root, run_dir, _, _ = pipeline_run
     expert_file = run_dir / "diffusion_expert" / "model.pt"
     payload = load_checkpoint(expert_file, kind="diffusion-model")
     name = next(key for key, value in payload["weights"].items() if value.is_floating_point())
     payload["weights"][name] = payload["weights"][name] + 0.01
     save_checkpoint(expert_file, {key: value for key, value in payload.items() if key != "format"})
+    provenance.seal(expert_file.parent)
     base_mtime = (run_dir / "diffusion_base" / "model.pt").stat().st_mtime_ns
     reward_mtime = (run_dir / "extract" / "reward.pt").stat().st_mtime_ns
     inputs = json.loads((run_dir / "extract" / "provenance.json").read_text())["inputs"]
@@ -147,6 +150,29 @@ def test_changed_model_reruns_the_stages_built_on_it(pipeline_run, smoke_data, c
     new_inputs = json.loads((run_dir / "extract" / "provenance.json").read_text())["inputs"]
     assert new_inputs["base_model"] == inputs["base_model"] and new_inputs["expert_model"] != inputs["expert_model"]
     assert list((run_dir / "extract").glob("superseded-*/reward.pt"))  # the stale reward was set aside, not lost
+
+
+def test_files_changed_after_their_stage_finished_are_not_reused(pipeline_run, smoke_data, cli):
+    """The expert's model.pt copied over the base's, and a reward.pt overwritten, without their stages: the pipeline
+    sets both folders aside and runs those stages again (same seed, so the base model comes out as it was), where
+    it would otherwise have skipped them as finished."""
+    run_root, run_dir, _, _ = pipeline_run
+    base_file, reward_file = run_dir / "diffusion_base" / "model.pt", run_dir / "extract" / "reward.pt"
+    base_bytes = base_file.read_bytes()
+    shutil.copy2(run_dir / "diffusion_expert" / "model.pt", base_file)
+    reward_file.write_bytes(b"not a reward")
+    expert_mtime = (run_dir / "diffusion_expert" / "model.pt").stat().st_mtime_ns
+
+    proc = cli(["pipeline", *smoke_data.overrides(run_root), "logger.mode=disabled"], run_root.parent, check=True)
+    assert "model.pt: not the file the run wrote" in proc.stdout + proc.stderr
+    assert base_file.read_bytes() == base_bytes
+    assert (run_dir / "diffusion_expert" / "model.pt").stat().st_mtime_ns == expert_mtime
+    (aside,) = (run_dir / "diffusion_base").glob("superseded-*")
+    assert (aside / "model.pt").read_bytes() == (run_dir / "diffusion_expert" / "model.pt").read_bytes()
+    assert load_reward_model(reward_file) is not None
+    assert any((aside / "reward.pt").read_bytes() == b"not a reward"
+               for aside in (run_dir / "extract").glob("superseded-*"))
+    assert all(provenance.intact(run_dir / stage) for stage in STAGE_DIRS)
 
 
 def test_regenerated_data_reruns_every_stage_made_from_it(smoke_data, tmp_path, cli):

@@ -157,7 +157,7 @@ class StableDiffusionFamily(EnvFamily):
             metrics = {**{f"heldout/{key}": value for key, value in scores.items()}, "steps": len(losses),
                        "final_loss": float(np.mean(losses[-ec.log_every:])), "seconds": seconds, "device": str(device)}
             tracker.summary(metrics)
-        write_json_atomic(run_dir / provenance.PROVENANCE_FILE, made_from)
+        provenance.seal(run_dir)
         print_summary_table(f"extract {cfg.env.name} -> {run_dir}", metrics)
         return metrics
 

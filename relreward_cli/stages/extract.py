@@ -59,6 +59,8 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
         raise UserError(f"base_model and expert_model are one model ({model_file(base_model)}): the relative reward "
                         "of a model over itself is zero everywhere. Pass the base and the expert models trained on "
                         "the two datasets. Nothing was run.")
+    for model in (base_model, expert_model):
+        provenance.check_output(model_file(model), "relreward train-diffusion")
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
@@ -90,6 +92,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
         metrics |= domain.reward_diagnostics(cfg, reward, segments, tracker)
         metrics["evaluation"] = evaluation_settings(cfg)
         tracker.summary(metrics)
+    provenance.seal(run_dir)
     print_summary_table(f"extract {cfg.env.name} -> {run_dir}", metrics)
     return metrics
 

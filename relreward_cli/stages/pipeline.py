@@ -34,7 +34,8 @@ def _finished(run_dir: Path, artifact: str, made_from: dict, evaluation: dict | 
     ``steps`` training steps; else None, and the stage runs (or resumes, extends its training, starts afresh when
     stale, or only evaluates again)."""
     metrics = run_dir / "metrics.json"
-    if not ((run_dir / artifact).is_file() and metrics.is_file() and provenance.matches(run_dir, made_from)):
+    if not ((run_dir / artifact).is_file() and metrics.is_file() and provenance.matches(run_dir, made_from)
+            and provenance.intact(run_dir)):
         return None
     try:
         summary = json.loads(metrics.read_text())
@@ -47,13 +48,10 @@ def _finished(run_dir: Path, artifact: str, made_from: dict, evaluation: dict | 
 
 def _run_stage(run_dir: Path, artifact: str, made_from: dict, stage, evaluation: dict | None = None,
                steps: int | None = None) -> dict:
-    """Skip a finished stage of the same provenance (and evaluation and training steps), else run ``stage()`` and
-    record what it was made from."""
+    """Skip a finished stage of the same provenance (and evaluation and training steps) whose files are as it left
+    them, else run ``stage()`` (which records what it was made from and seals what it wrote)."""
     metrics = _finished(run_dir, artifact, made_from, evaluation, steps)
-    if metrics is None:
-        metrics = stage()
-        write_json_atomic(run_dir / provenance.PROVENANCE_FILE, made_from)
-    return metrics
+    return stage() if metrics is None else metrics
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

@@ -64,6 +64,10 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
                         f"extract env={cfg.env.name}` (or `relreward pipeline env={cfg.env.name}`). Nothing was run.")
     if not sc.planners or not set(sc.planners) <= set(PLANNERS):
         raise UserError(f"steer.planners={list(sc.planners)}: choose one or more of {', '.join(PLANNERS)}.")
+    for model in (base_model, expert_model):
+        provenance.check_output(model_file(model), "relreward train-diffusion")
+    if set(REWARD_PLANNERS) & set(sc.planners):
+        provenance.check_output(reward_file(reward_model), "relreward extract")
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)
@@ -82,6 +86,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     with tracker_from_config(cfg, run_dir, "steer-eval", group) as tracker:
         metrics = domain.evaluate_steering(cfg, base, expert, guide, tracker) | {"device": str(device)}
         tracker.summary(metrics)
+    provenance.seal(run_dir)
     print(f"steer-eval {cfg.env.name} -> {run_dir}")
     return metrics
 

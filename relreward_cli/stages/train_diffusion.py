@@ -73,6 +73,7 @@ def run(cfg: DictConfig, run_dir: Path, kind: str, group: str | None = None, sta
         _plot_loss(tracker)
         metrics |= domain.model_diagnostics(cfg, model, tracker, kind)
         tracker.summary(metrics)
+    provenance.seal(run_dir)
     print_summary_table(f"train-diffusion {cfg.env.name} [{kind}] -> {run_dir}", metrics)
     return metrics
 
