@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from relreward_cli import families
+from relreward_cli import families, provenance
 from relreward_cli.errors import UserError, at_least, run_script
 from relreward_cli.models.networks import reward_network
 from relreward_cli.reward.extraction import noised_batch
@@ -91,6 +91,7 @@ def main() -> None:
 
     settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
     config_file, extract_dir = find_run(args.run)
+    provenance.check_output(extract_dir / REWARD_FILE, "relreward extract")
     out = args.out or extract_dir.parent / "classifier_reference"
     if (out / "metrics.json").is_file():
         earlier = json.loads((out / "metrics.json").read_text()).get("classifier/settings")

@@ -18,10 +18,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from relreward_cli import provenance
 from relreward_cli.data.sources import load_episodes
 from relreward_cli.errors import UserError, at_least, run_script
 from relreward_cli.reward.evaluate import episode_windows, noised_reward, pearson
-from relreward_cli.reward.trainer import load_reward_model
+from relreward_cli.reward.trainer import load_reward_model, reward_file
 
 TRAJECTORY_SOURCES = ("minari", "generated", "hdf5")
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--segments", type=at_least(2), default=1024)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    provenance.check_output(reward_file(args.reward), "relreward extract")
     reward = load_reward_model(args.reward)
     spec, sources = reward.spec, reward.info["sources"]
     if max(args.t) >= reward.schedule.n_steps:

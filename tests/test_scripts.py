@@ -35,3 +35,21 @@ def test_script_refuses_bad_input_in_one_paragraph(args, said, tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and said in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_the_reward_analyses_refuse_a_reward_changed_after_its_extraction(tmp_path):
+    """A reward.pt replaced after its extraction sealed the folder is not analysed as that extraction's reward."""
+    import json
+
+    run = tmp_path / "extract"
+    run.mkdir()
+    (run / "reward.pt").write_bytes(b"another reward")
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "provenance.json").write_text(json.dumps({"settings": {}, "inputs": {},
+                                                     "outputs": {"reward.pt": "0123456789abcdef"}}))
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    for args in (["reward_features.py", str(run)], ["classifier_reference.py", str(tmp_path)]):
+        proc = subprocess.run([sys.executable, str(SCRIPTS / args[0]), *args[1:]], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 2 and "reward.pt was changed after its run finished" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
