@@ -1,11 +1,11 @@
 """The typed schema of the configs' shared sections, checked before a stage does any work.
 
 Hydra composes the YAML files and the command line into one config; nothing there knows that
-`train.n_steps` is a positive integer. :func:`check_config` merges each section below into its dataclass
-(OmegaConf structured configs refuse wrong types and unknown keys; the values, defaults included, come from
-the YAML files, so the dataclasses hold types only) and instantiates it, which runs the range checks in
-``__post_init__``. Every problem found is reported at once, as one :class:`UserError` naming
-the override that fixes it. The environment section (`env`) belongs to each environment family and is
+`train.n_steps` is a positive integer. :func:`check_config` merges each key of each section below into its
+dataclass (OmegaConf structured configs refuse wrong types and unknown keys; the values, defaults included, come
+from the YAML files, so the dataclasses hold types only); a section whose types are right is instantiated, which
+runs its range checks in ``__post_init__``. Every problem found is reported at once, as one :class:`UserError`
+naming the override that fixes it. The environment section (`env`) belongs to each environment family and is
 checked where it is read.
 """
 
@@ -179,8 +179,9 @@ class ExtractConfig(_LoopConfig):
 
 
 @dataclass
-class ControllerConfig(_Checked):
-    """`steer.controller`: the PD gains of the tracker of planned Maze2D states (`planning.rollout.WaypointTracker`)."""
+class ControllerConfig:
+    """`steer.controller`: the PD gains of the tracker of planned Maze2D states (`planning.rollout.WaypointTracker`);
+    checked with the rest of `steer` (`SteerConfig.check`), so that its problems are told together with theirs."""
 
     p_gain: float = MISSING
     d_gain: float = MISSING
@@ -233,6 +234,7 @@ class SteerConfig(_Checked):
         problems.need(self.max_episode_steps is None or self.max_episode_steps >= 1, "max_episode_steps",
                       self.max_episode_steps, "a positive integer or null")
         problems.need(self.success_radius > 0, "success_radius", self.success_radius, "positive (world units)")
+        self.controller.check(problems)
         problems.need(self.n_plot_paths >= 0, "n_plot_paths", self.n_plot_paths, "an integer >= 0")
 
 
@@ -244,19 +246,36 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "reward": RewardConfig, "diff
 
 
 def _section_problems(name: str, schema: type, node: Any) -> list[str]:
-    """What is wrong with `cfg.<name>` against `schema`, one line per problem."""
+    """What is wrong with `cfg.<name>` against `schema`, one line per problem: every wrong type or unknown key, or,
+    when the types are right, every value out of range."""
+    values = OmegaConf.to_container(node, resolve=True)  # interpolations resolve against the whole config
+    typed = OmegaConf.structured(schema)
+    problems = []
+    for key, value in values.items():  # each key on its own, so that one wrong type does not hide the next
+        try:
+            OmegaConf.merge(typed, {key: value})
+        except OmegaConfBaseException as err:
+            path = getattr(err, "full_key", None) or key  # `controller.p_gain` inside a nested section
+            expected = _field_types(schema, str(path))
+            what = f"must be {TYPE_WORDS.get(expected, expected)}" if expected else str(err).splitlines()[0]
+            problems.append(f"{name}.{path}={_shown(OmegaConf.select(node, str(path), default=value))}: {what}")
+    if problems:  # the range checks need every value of its type
+        return problems
     try:
-        values = OmegaConf.to_container(node, resolve=True)  # interpolations resolve against the whole config
-        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+        OmegaConf.to_object(OmegaConf.merge(typed, values))
     except _SectionProblems as found:
         return [f"{name}.{key}={_shown(node.get(key, value))}: must be {must}" for key, value, must in found.problems]
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
-        expected = {f.name: str(f.type) for f in fields(schema)}.get(str(key).rsplit(".", 1)[-1])
-        what = f"must be {TYPE_WORDS.get(expected, expected)}" if expected else str(err).splitlines()[0]
-        value = OmegaConf.select(node, str(key), default="?") if isinstance(node, DictConfig) else "?"
-        return [f"{name}.{key}={_shown(value)}: {what}"]
     return []
+
+
+def _field_types(schema: type, path: str) -> str | None:
+    """The declared type of the field at dotted `path` in `schema` (nested dataclasses followed), as a string."""
+    head, _, rest = path.partition(".")
+    declared = {f.name: f.type for f in fields(schema)}.get(head)
+    if rest:
+        nested = globals().get(str(declared))
+        return _field_types(nested, rest) if isinstance(nested, type) else None
+    return None if declared is None else str(declared)
 
 
 def _shown(value: Any) -> str:

@@ -45,12 +45,19 @@ def _assert_refused(proc, *message: str) -> None:
     (["steer.scale=inf"], "steer.scale=inf: must be a finite number >= 0"),
     (["steer.eta=-1"], "steer.eta=-1: must be a finite number >= 0"),
     (["+steer.controller.p_gian=5"], "steer.controller.p_gian=5"),
+    (["steer.controller.d_gain=abc"], "steer.controller.d_gain=abc: must be a number"),
+    # every problem at once: wrong types of one section, and values of a section beside its nested one's
+    (["train.n_steps=abc", "train.lr=xyz", "extract.batch_size=0"],
+     ("train.n_steps=abc: must be an integer", "train.lr=xyz: must be a number",
+      "extract.batch_size=0: must be a positive integer")),
+    (["steer.controller.p_gain=-1", "steer.scale=-2"],
+     ("steer.controller.p_gain=-1.0: must be a positive gain", "steer.scale=-2: must be a finite number >= 0")),
     (["formulation=authors"], "env=maze2d_umaze does not define env.authors_steering.scale"),
 ])
 def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path, overrides, message):
     run_root = tmp_path / "runs"
     proc = cli(["train-diffusion", *smoke_data.overrides(run_root), "logger.mode=disabled", *overrides], tmp_path)
-    _assert_refused(proc, message, "nothing was run")
+    _assert_refused(proc, *((message,) if isinstance(message, str) else message), "nothing was run")
     made = [path.name for path in run_root.rglob("*") if path.is_file() and ".hydra" not in path.parts]
     assert set(made) <= {"train_diffusion.log", "error.txt"}, made  # Hydra's own files, the log, the reason
 

@@ -3,11 +3,12 @@
 
 Each stage writes into a subfolder of the pipeline's run folder (``diffusion_base/``, ``diffusion_expert/``,
 ``extract/``, ``steer_eval/``) and logs to one W&B group. A stage whose finished artifact is there
-(``model.pt``, ``reward.pt`` with its ``metrics.json``) and whose ``provenance.json`` equals what this config
+(``model.pt``, ``reward.pt`` with its ``metrics.json``), whose ``provenance.json`` equals what this config
 would make it from (its settings and the digests of its datasets and upstream models, see
-:mod:`relreward_cli.provenance`), with its files as the stage sealed them, is skipped; an interrupted one resumes from its checkpoint; a stale one (other
-settings, regenerated data, a retrained upstream model) is set aside and run again. So running a killed pipeline
-again finishes it without redoing work, and a change reruns exactly the stages it makes stale.
+:mod:`relreward_cli.provenance`) and whose files are as the stage sealed them is skipped; an interrupted one
+resumes from its checkpoint; a stale one (other settings, regenerated data, a retrained upstream model, files
+changed after it finished) is set aside and run again. So running a killed pipeline again finishes it without
+redoing work, and a change reruns exactly the stages it makes stale.
 """
 
 from __future__ import annotations
