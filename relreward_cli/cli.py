@@ -169,9 +169,10 @@ def launcher_given(overrides: list[str]) -> bool:
 
 
 def report_user_errors(stage_main: Callable) -> Callable:
-    """Check the config (:func:`check_config`), then run the stage. A :class:`UserError` raised by either becomes one
-    paragraph on stderr and exit code 2; the message also goes to the run folder's ``error.txt`` (removed when
-    the run starts again), which ``relreward report`` shows for runs that did not finish."""
+    """Check the config (:func:`check_config`), then run the stage. A :class:`UserError` raised by either, or a
+    failure of the machine (an :class:`OSError`: disk full, a path that is not a folder), becomes one paragraph on
+    stderr and exit code 2; the message also goes to the run folder's ``error.txt`` where it can be written (removed
+    when the run starts again), which ``relreward report`` shows for runs that did not finish."""
 
     @functools.wraps(stage_main)
     def wrapper(cfg):
@@ -183,10 +184,11 @@ def report_user_errors(stage_main: Callable) -> Callable:
         try:
             check_config(cfg)
             return stage_main(cfg)
-        except UserError as err:
-            print(f"\nrelreward: error: {err}", file=sys.stderr)
+        except (UserError, OSError) as err:
+            message = environment_error(err) if isinstance(err, OSError) else str(err)
+            print(f"\nrelreward: error: {message}", file=sys.stderr)
             with contextlib.suppress(OSError):  # a read-only or full run folder: the message above is enough
-                error_file.write_text(f"{err}\n")
+                error_file.write_text(f"{message}\n")
             sys.exit(2)
 
     return wrapper
@@ -256,7 +258,8 @@ def environment_error(err: OSError) -> str:
 def run_reporting_failures(task: Callable[[], Any]) -> int:
     """Run a Hydra task with one error boundary: the machine's failures (:class:`OSError`: disk, permissions,
     paths) and Hydra's configuration errors become one paragraph and exit code 2, an interrupt (Ctrl-C) one line
-    and exit code 130; anything else is a bug and keeps its traceback."""
+    and exit code 130, and an exit asked for inside (``sys.exit``) its code, returned; anything else is a bug and
+    keeps its traceback."""
     from hydra.errors import HydraException
 
     previous = os.environ.get("HYDRA_FULL_ERROR")
@@ -270,6 +273,8 @@ def run_reporting_failures(task: Callable[[], Any]) -> int:
     except OSError as err:
         print(f"relreward: error: {environment_error(err)}", file=sys.stderr)
         return 2
+    except SystemExit as done:  # a stage's refusal (report_user_errors), a sweep's failure report, Hydra's --help
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
     except KeyboardInterrupt:
         print("\nrelreward: interrupted. Running the same command again keeps what is finished (datasets, stages) "
               "and resumes diffusion and reward training from their last checkpoints; an unfinished dataset is "

@@ -268,9 +268,10 @@ def test_a_full_or_read_only_disk_is_one_paragraph_and_the_run_resumes_afterward
     assert "Traceback" not in err
     (run,) = (tmp_path / "runs" / "train-diffusion").iterdir()
     assert not list(run.glob("*.pt")) and not list(run.glob("*.tmp*"))
+    assert said[0].removeprefix("relreward: error: ") in (run / "error.txt").read_text()  # for `relreward report`
     monkeypatch.undo()  # space again
     assert relreward_cli.main(args) == 0
-    assert (run / "model.pt").is_file()
+    assert (run / "model.pt").is_file() and not (run / "error.txt").exists()
 
 
 def test_a_goal_the_expert_data_were_not_made_for_is_refused_before_work(cli, trained, tmp_path):
