@@ -20,8 +20,8 @@ from relreward_cli.config_schema import check_config
 from relreward_cli.errors import ERROR_FILE, UserError
 
 STAGES: dict[str, str] = {
-    "make-dataset": "Generate Maze2D datasets offline in PointMaze, written in Minari's format.",
-    "train-diffusion": "Train a trajectory diffusion model (temporal U-Net) on the base or expert data.",
+    "make-dataset": "Make the env's base and expert data (Maze2D, locomotion: generated offline, in Minari's format).",
+    "train-diffusion": "Train a diffusion model (trajectory segments or images) on the base or expert data.",
     "extract": "Extract the relative reward from a base and an expert diffusion model; evaluate it.",
     "steer-eval": "Roll out the base, reward-guided / -ranked base and expert planners in the env; score them.",
     "pipeline": "make-dataset -> train-diffusion (base, expert) -> extract [-> steer-eval], in one command.",
