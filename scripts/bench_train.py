@@ -155,28 +155,40 @@ TRAINING_COLUMNS = ("vs plain loop", "median step", "timed steps", "peak memory"
 
 def plain_loop_steps_per_s(denoiser: torch.nn.Module, shape: tuple[int, int, int], n_steps: int, lr: float,
                            device: torch.device, budget_s: float, max_steps: int, warmup: int = 2,
-                           autocast_dtype: torch.dtype | None = None) -> float:
+                           autocast_dtype: torch.dtype | None = None) -> tuple[float, float | None]:
     """Steps/s of the simplest training loop on the same denoiser, batch and precision: random `x_t`, MSE to
     random noise, backward, default Adam; no EMA, conditioning, clipping, logging or checkpoints. The ratio of the
-    real loop's steps/s to this is the benchmark's machine-independent figure."""
+    real loop's steps/s to this is the benchmark's machine-independent figure.
+
+    Also returns, on the CPU, the share of the timed steps spent in the denoiser's forward pass, the loss and the
+    backward pass (the rest is drawing the batch, zeroing the gradients and Adam); on CUDA, where timing it would
+    need a synchronization inside the step, None. No loop around this denoiser can run more than ``1 / share``
+    times the plain loop's steps/s."""
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=lr)
     generator = torch.Generator(device).manual_seed(0)
     stamps: list[float] = []
+    network_s = 0.0
     for step in range(warmup + max_steps + 1):
         x_t = torch.randn(shape, generator=generator, device=device)
         t = torch.randint(0, n_steps, (shape[0],), generator=generator, device=device)
+        noise = torch.randn(shape, generator=generator, device=device)
+        optimizer.zero_grad(set_to_none=True)
+        start = time.perf_counter()
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             eps = denoiser(x_t, t)
-        loss = torch.nn.functional.mse_loss(eps.float(), torch.randn(shape, generator=generator, device=device))
-        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(eps.float(), noise)
         loss.backward()
+        network = time.perf_counter() - start
         optimizer.step()
         synchronize(device)
+        if step > warmup:
+            network_s += network
         if step >= warmup:
             stamps.append(time.perf_counter())
             if stamps[-1] - stamps[0] > budget_s:
                 break
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    elapsed = stamps[-1] - stamps[0]
+    return (len(stamps) - 1) / elapsed, network_s / elapsed if device.type == "cpu" else None
 
 
 def peak_rss_mb() -> float:
@@ -232,7 +244,7 @@ def main() -> None:
     n, few = spec.n_steps, max(spec.n_steps // 4, 1)
     samplers = {f"ddpm ({n} steps)": ("ddpm", None), f"ddim ({n} steps)": ("ddim", None),
                 f"ddim ({few} steps)": ("ddim", few)}
-    rows, batches = [], {}
+    rows, batches, shares = [], {}, {}
     for device in devices(args.devices):
         batch = batches[device.type] = batch_size(tc, device)
         with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -245,9 +257,11 @@ def main() -> None:
 
             train = bench_training(run, args.budget_s, args.max_steps, device)
         torch.manual_seed(0)
-        plain = plain_loop_steps_per_s(build_diffusion(spec).model.to(device),
-                                       (batch, spec.horizon, spec.transition_dim), spec.n_steps, tc.lr,
-                                       device, args.budget_s, args.max_steps, autocast_dtype=autocast_dtype(tc))
+        plain, network_share = plain_loop_steps_per_s(
+            build_diffusion(spec).model.to(device), (batch, spec.horizon, spec.transition_dim), spec.n_steps, tc.lr,
+            device, args.budget_s, args.max_steps, autocast_dtype=autocast_dtype(tc))
+        if network_share is not None:
+            shares[describe(device)] = network_share
         torch.manual_seed(0)
         diffusion = build_diffusion(spec).to(device).eval()  # random weights: sampling cost does not depend on them
         with torch.no_grad():  # warm-up: same shapes, two steps
@@ -261,6 +275,9 @@ def main() -> None:
         f"{', '.join(f'{b} ({d})' for d, b in batches.items())}, precision {tc.precision}, {n} diffusion steps; "
         f"sampling latency for one batch of {PLAN_BATCH} plans (median)",
         ("device", "train steps/s", *TRAINING_COLUMNS, *latency), rows)
+    for device, share in shares.items():
+        print(f"{device}: the denoiser's forward and backward pass take {share:.0%} of the plain loop's step, so no "
+              f"training loop around this network can run more than {1 / share:.2f}x the plain loop's steps/s")
 
 
 if __name__ == "__main__":

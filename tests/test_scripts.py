@@ -53,3 +53,18 @@ def test_the_reward_analyses_refuse_a_reward_changed_after_its_extraction(tmp_pa
                               text=True, timeout=300)
         assert proc.returncode == 2 and "reward.pt was changed after its run finished" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_the_plain_loop_times_its_network_share(monkeypatch):
+    """The training benchmark's reference loop reports the share of its steps spent in the network (0 < share < 1):
+    the ceiling of any loop around that network."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import bench_train
+
+    from relreward_cli.models.unet import TemporalUnet
+
+    steps_per_s, share = bench_train.plain_loop_steps_per_s(TemporalUnet(8, 4, 8, (1, 2)), (4, 8, 4), 20, 1e-3,
+                                                            torch.device("cpu"), budget_s=5.0, max_steps=4)
+    assert steps_per_s > 0 and 0 < share < 1
