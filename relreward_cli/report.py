@@ -316,7 +316,7 @@ def plot_bars(report: Report, path: Path) -> Path | None:
     if not panels:
         return None
     tasks = list(report.tasks)
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 1.6 * len(tasks) + 2) * len(panels), 3.8),
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 1.6 * len(tasks) + 2) * len(panels), 4.4),
                              squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
         width = 0.8 / len(series)
@@ -331,8 +331,8 @@ def plot_bars(report: Report, path: Path) -> Path | None:
         ax.set_xticks(x, [t.replace(" (", "\n(") for t in tasks], fontsize=8)
         ax.set_title(panel)
         ax.axhline(0, color="black", linewidth=0.6)
-        if len(series) > 1:
-            ax.legend(fontsize=8)
+        if len(series) > 1:  # below the panel, where it hides no bar
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     fig.suptitle(f"{report.title}: mean ± s.e. over seeds")
     return save_figure(fig, path, dpi=120, title_space_in=0.4)
 
