@@ -347,24 +347,39 @@ def _unresolvable(cfg: DictConfig) -> str | None:
     return None
 
 
+SWITCHES = ("overwrite", "use_actions", "pipeline.steer")
+"""Top-level yes/no settings outside the typed sections."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config whose shared sections have a wrong type, an unknown key or a value out of range, naming
     each (e.g. ``train.batch_size=0: must be a positive integer``), before any work."""
     if unresolvable := _unresolvable(cfg):
         raise UserError(unresolvable)
     problems = []
-    seed = cfg.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        problems.append(f"seed={seed}: must be an integer")
+    if "seed" in cfg and not _is_int(cfg.seed):
+        problems.append(f"seed={cfg.seed}: must be an integer")
     for name, schema in SECTIONS.items():
-        if name in cfg:
+        if name not in cfg:
+            continue
+        if isinstance(cfg[name], DictConfig):
             problems += _section_problems(name, schema, cfg[name])
+        else:  # `train=5`, `diffusion=null`: the whole section replaced by a value
+            problems.append(f"{name}={_shown(cfg[name])}: must be the {name} section (set its keys, e.g. "
+                            f"{name}.{fields(schema)[0].name}=...)")
     threads = cfg.get("threads")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
+    if threads is not None and (not _is_int(threads) or threads < 1):
         problems.append(f"threads={threads}: must be a positive integer or null (torch's default)")
-    horizon = cfg.get("horizon")
-    if horizon is not None and (not isinstance(horizon, int) or horizon < 2):
-        problems.append(f"horizon={horizon}: must be an integer >= 2 (env steps per segment)")
+    if "horizon" in cfg and (not _is_int(cfg.horizon) or cfg.horizon < 2):
+        problems.append(f"horizon={cfg.horizon}: must be an integer >= 2 (env steps per segment)")
+    for key in SWITCHES:  # a string such as `no` would read as true, and `overwrite=no` would set a run aside
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, bool):
+            problems.append(f"{key}={value}: must be true or false")
     if not problems:
         problems += _horizon_problems(cfg) + _combination_problems(cfg)
     if problems:

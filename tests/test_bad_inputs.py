@@ -36,6 +36,11 @@ def _assert_refused(proc, *message: str) -> None:
     (["train.precision=fp16"], "train.precision=fp16: must be fp32 or bf16"),
     (["extract.ema_decay=1.0"], "extract.ema_decay=1.0: must be in [0, 1) (0: no EMA)"),
     (["seed=abc"], "seed=abc: must be an integer"),
+    (["seed=null"], "seed=None: must be an integer"),
+    (["horizon=null"], "horizon=None: must be an integer >= 2"),
+    (["train=5"], "train=5: must be the train section (set its keys, e.g. train.n_steps=...)"),
+    (["overwrite=no"], "overwrite=no: must be true or false"),  # read as true, it would set the run aside
+    (["use_actions=maybe"], "use_actions=maybe: must be true or false"),
     (["horizon=7"], "horizon=7 (model network): The horizon 7 is not a positive multiple of 2"),
     (["env.goal_cell=[1]"], "env.base_data is built from other values and fails"),
     (["env.evaluate.windows=0", "env.evaluate.bin_size=0"], "env.evaluate.windows=0: must be a positive integer"),
