@@ -97,9 +97,15 @@ def _read(run_dir: Path) -> dict[str, Any] | None:
                         "that file and run the command again: the folder's results are then set aside (pipeline, "
                         "overwrite=true) or the command says how to start afresh; nothing is reused unchecked."
                         ) from None
-    if not isinstance(found, dict):
-        raise UserError(f"{path} holds no record of what the run folder was made from. Delete that file and run the "
-                        "command again.")
+    damaged = [key for key in ("settings", "inputs") if not isinstance(found.get(key), dict)] if isinstance(
+        found, dict) else []
+    if isinstance(found, dict) and not isinstance(found.get(OUTPUTS), dict | None):
+        damaged.append(OUTPUTS)
+    if not isinstance(found, dict) or damaged:
+        what = f" (its {', '.join(damaged)} entry is damaged)" if damaged else ""
+        raise UserError(f"{path} holds no record of what the run folder was made from{what}. Delete that file and run "
+                        "the command again: the folder's results are then set aside (pipeline, overwrite=true) or the "
+                        "command says how to start afresh; nothing is reused unchecked.")
     return found
 
 

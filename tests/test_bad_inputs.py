@@ -171,6 +171,12 @@ def test_a_finished_run_is_sealed_and_a_file_changed_afterwards_is_not_reused(tm
     assert provenance.intact(older) and provenance.matches(older, current)
     provenance.check_output(older / "model.pt", "relreward train-diffusion")
 
+    for damaged, entry in (({"settings": [1, 2], "inputs": {}}, "settings"),
+                           ({**current, "outputs": "sealed"}, "outputs")):
+        (older / "provenance.json").write_text(json.dumps(damaged))
+        with pytest.raises(UserError, match=f"its {entry} entry is damaged"):
+            provenance.intact(older)
+
 
 def test_a_model_replaced_after_its_run_finished_is_refused_by_the_stages_that_read_it(cli, trained, tmp_path):
     """The expert's model.pt copied over the base's (as a user might by mistake): extract and steer-eval refuse to
@@ -336,6 +342,12 @@ def test_extract_refuses_one_model_as_base_and_expert(cli, trained, tmp_path):
     proc = cli(["extract", *trained["common"], f"base_model={trained['base']}", f"expert_model={trained['base']}",
                 f"hydra.run.dir={tmp_path / 'x'}"], trained["root"])
     _assert_refused(proc, "base_model and expert_model are one model", "Nothing was run")
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+    copy = tmp_path / "copy-of-base"  # the same model under another path
+    shutil.copytree(trained["base"], copy)
+    proc = cli(["extract", *trained["common"], f"base_model={trained['base']}", f"expert_model={copy}",
+                f"hydra.run.dir={tmp_path / 'x'}"], trained["root"])
+    _assert_refused(proc, "base_model and expert_model are one model", "equal byte for byte")
     assert not (tmp_path / "x" / "checkpoint.pt").exists()
 
 

@@ -55,10 +55,14 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     env's kind (e.g. against the env return of dataset segments, or Maze2D's distance to the goal). Returns
     the summary metrics. A ``run_dir`` holding an extraction of other models or settings is refused (or, with
     ``start_afresh``, set aside; see :mod:`relreward_cli.provenance`)."""
-    if model_file(base_model).resolve() == model_file(expert_model).resolve():
-        raise UserError(f"base_model and expert_model are one model ({model_file(base_model)}): the relative reward "
-                        "of a model over itself is zero everywhere. Pass the base and the expert models trained on "
-                        "the two datasets. Nothing was run.")
+    base_file, expert_file = model_file(base_model), model_file(expert_model)
+    one_file = base_file.resolve() == expert_file.resolve()
+    if one_file or (base_file.is_file() and expert_file.is_file()
+                    and provenance.digest(base_file) == provenance.digest(expert_file)):
+        same = base_file if one_file else f"{base_file} and {expert_file} are equal byte for byte"
+        raise UserError(f"base_model and expert_model are one model ({same}): the relative reward of a model over "
+                        "itself is zero everywhere. Pass the base and the expert models trained on the two datasets. "
+                        "Nothing was run.")
     for model in (base_model, expert_model):
         provenance.check_output(model_file(model), "relreward train-diffusion")
     device = torch_device(cfg)
