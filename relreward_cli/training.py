@@ -180,6 +180,8 @@ def train_loop(
     """
     device = next(model.parameters()).device
     step = 0
+    # What a finished run reports when it is resumed with no step left to take: its checkpoint's figures.
+    loss_value, recorded_rate = float("nan"), float("nan")
     if Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path, kind=kind, map_location=device)
         model.load_state_dict(state["model"])
@@ -188,15 +190,22 @@ def train_loop(
             ema.load_state_dict(state["ema"])
         _set_rng_state(state["rng"], generator)
         step = state["step"]
+        loss_value, recorded_rate = state.get("final_loss", loss_value), state.get("steps_per_s", recorded_rate)
         log.info("Resuming %s from %s at step %d", description, checkpoint_path, step)
         if on_resume is not None:
             on_resume(step)
     resumed_from = last_saved = step
+    start, start_step = time.perf_counter(), step
+
+    def steps_per_s() -> float:
+        """This attempt's rate, or the checkpoint's when it took no step."""
+        return (step - start_step) / max(time.perf_counter() - start, 1e-9) if step > start_step else recorded_rate
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, {
             "kind": kind, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "rng": _rng_state(generator), **extra,
+            "ema": ema.state_dict() if ema is not None else None, "rng": _rng_state(generator),
+            "final_loss": loss_value, "steps_per_s": steps_per_s(), **extra,
         })
 
     if device.type == "cuda":
@@ -206,8 +215,6 @@ def train_loop(
     # reported with its step and never reaches a checkpoint.
     window: dict[str, list[torch.Tensor | float]] = {}
     losses: list[torch.Tensor] = []
-    loss_value = float("nan")
-    start, start_step = time.perf_counter(), step
 
     def check_finite() -> None:
         nonlocal loss_value
@@ -246,7 +253,7 @@ def train_loop(
                 check_finite()
                 averaged = {key: _mean(values) for key, values in window.items()}
                 averaged = {key: value for key, value in averaged.items() if np.isfinite(value) or key == "loss"}
-                averaged["steps_per_s"] = (step - start_step) / max(time.perf_counter() - start, 1e-9)
+                averaged["steps_per_s"] = steps_per_s()
                 bar.set_postfix(loss=f"{averaged['loss']:.4f}")
                 if on_log is not None:
                     on_log(averaged, step)
@@ -255,10 +262,9 @@ def train_loop(
                 check_finite()
                 checkpoint()
                 last_saved = step
-    elapsed = max(time.perf_counter() - start, 1e-9)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _cpu_peak_rss_mb()
-    return TrainResult(step=step, final_loss=loss_value, steps_per_s=(step - start_step) / elapsed,
-                       resumed_from=resumed_from, peak_memory_mb=peak)
+    return TrainResult(step=step, final_loss=loss_value, steps_per_s=steps_per_s(), resumed_from=resumed_from,
+                       peak_memory_mb=peak)
 
 
 def _mean(values: list[torch.Tensor | float]) -> float:

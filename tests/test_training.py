@@ -193,6 +193,16 @@ def _linear_loop(tmp_path: Path, nan_at: int | None, n_steps: int = 6, save_ever
     return result, logged
 
 
+def test_a_finished_run_resumed_with_no_step_left_reports_its_own_figures(tmp_path):
+    """Running a finished run's command again (or finishing a run killed after its last checkpoint) takes no step;
+    it reports the loss and speed its checkpoint recorded, not NaN and 0."""
+    first, _ = _linear_loop(tmp_path, nan_at=None)
+    again, logged = _linear_loop(tmp_path, nan_at=None)
+    assert again.step == first.step == 6 and again.resumed_from == 6 and not logged
+    assert math.isfinite(first.final_loss) and again.final_loss == first.final_loss
+    assert first.steps_per_s > 0 and again.steps_per_s == pytest.approx(first.steps_per_s, rel=0.5)
+
+
 def test_nan_loss_stops_with_the_step_number(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"nan at step 5\b.*\(step 4\)"):
         _linear_loop(tmp_path, nan_at=5)
