@@ -273,6 +273,12 @@ def run_reporting_failures(task: Callable[[], Any]) -> int:
     except OSError as err:
         print(f"relreward: error: {environment_error(err)}", file=sys.stderr)
         return 2
+    except ValueError as err:  # Hydra's job log file that cannot be opened (a read-only disk) comes as a ValueError
+        cause = err.__cause__ or err.__context__
+        if not isinstance(cause, OSError):
+            raise
+        print(f"relreward: error: {environment_error(cause)}", file=sys.stderr)
+        return 2
     except SystemExit as done:  # a stage's refusal (report_user_errors), a sweep's failure report, Hydra's --help
         return done.code if isinstance(done.code, int) else int(done.code is not None)
     except KeyboardInterrupt:

@@ -8,9 +8,11 @@ number when the loss stops being finite, a progress bar and throughput logging.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +82,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     try:
         torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
         os.replace(tmp, path)
+    except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        if "inline_container" not in str(err) and "PytorchStreamWriter" not in str(err):
+            raise
+        code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 64 * 2**20 else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
 

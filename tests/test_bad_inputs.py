@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -253,9 +254,28 @@ def test_a_run_root_that_is_not_a_folder_is_one_paragraph(cli, smoke_data, tmp_p
     _assert_refused(proc, "relreward: error: Not a directory", "Check the paths this command was given")
 
 
+def test_a_run_folder_whose_log_cannot_be_opened_is_one_paragraph(smoke_data, tmp_path, monkeypatch, capsys):
+    """A finished run's folder on a disk turned read-only: Hydra cannot open the job's log file (it says so with a
+    ValueError around the OSError), which is a failure of the machine, not a traceback."""
+    import errno
+    import logging
+
+    from relreward_cli import cli as relreward_cli
+
+    def read_only(self, filename, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", filename)
+
+    monkeypatch.setattr(logging.FileHandler, "__init__", read_only)
+    args = ["train-diffusion", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled"]
+    assert relreward_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "relreward: error: Cannot write" in err and "train_diffusion.log" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(("code", "said"), [
     ("ENOSPC", ["relreward: error: No space left on the device", "resumes from its last checkpoint"]),
     ("EROFS", ["relreward: error: Cannot write", "Point run_root= (and data_dir=) at a folder you can write"]),
+    ("zip writer", ["relreward: error: No space left on the device", "resumes from its last checkpoint"]),
 ])
 def test_a_full_or_read_only_disk_is_one_paragraph_and_the_run_resumes_afterwards(smoke_data, tmp_path, monkeypatch,
                                                                                    capsys, code, said):
@@ -270,9 +290,12 @@ def test_a_full_or_read_only_disk_is_one_paragraph_and_the_run_resumes_afterward
     args = ["train-diffusion", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled"]
 
     def failing_disk(obj, path, *a, **k):
+        if code == "zip writer":  # how torch's writer reports a full disk
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
         raise OSError(getattr(errno, code), "simulated", str(path))
 
     monkeypatch.setattr(training.torch, "save", failing_disk)
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))  # a full disk
     assert relreward_cli.main(args) == 2
     err = capsys.readouterr().err
     assert all(part in err for part in said), err
