@@ -240,7 +240,7 @@ class SteerConfig(_Checked):
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
               "int | None": "an integer or null", "float | None": "a number or null", "list[int]": "a list of integers",
-              "list[str]": "a list of names"}
+              "list[str]": "a list of names", "ControllerConfig": "a section with p_gain and d_gain"}
 SECTIONS: dict[str, type] = {"model": ModelConfig, "reward": RewardConfig, "diffusion": DiffusionConfig,
                              "train": TrainConfig, "extract": ExtractConfig, "steer": SteerConfig}
 
@@ -248,24 +248,37 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "reward": RewardConfig, "diff
 def _section_problems(name: str, schema: type, node: Any) -> list[str]:
     """What is wrong with `cfg.<name>` against `schema`, one line per problem: every wrong type or unknown key, or,
     when the types are right, every value out of range."""
-    values = OmegaConf.to_container(node, resolve=True)  # interpolations resolve against the whole config
-    typed = OmegaConf.structured(schema)
-    problems = []
-    for key, value in values.items():  # each key on its own, so that one wrong type does not hide the next
-        try:
-            OmegaConf.merge(typed, {key: value})
-        except OmegaConfBaseException as err:
-            path = getattr(err, "full_key", None) or key  # `controller.p_gain` inside a nested section
-            expected = _field_types(schema, str(path))
-            what = f"must be {TYPE_WORDS.get(expected, expected)}" if expected else str(err).splitlines()[0]
-            problems.append(f"{name}.{path}={_shown(OmegaConf.select(node, str(path), default=value))}: {what}")
+    problems = _type_problems(name, schema, node)
     if problems:  # the range checks need every value of its type
         return problems
     try:
-        OmegaConf.to_object(OmegaConf.merge(typed, values))
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=True)))
     except _SectionProblems as found:
         return [f"{name}.{key}={_shown(node.get(key, value))}: must be {must}" for key, value, must in found.problems]
     return []
+
+
+def _type_problems(name: str, schema: type, node: DictConfig) -> list[str]:
+    """Every key of `node` (the section `name`) whose value is not of its type in `schema`, or that `schema` does not
+    have; each key on its own, so that one wrong type does not hide the next, and a nested section key by key."""
+    typed = OmegaConf.structured(schema)
+    problems = []
+    for key, value in OmegaConf.to_container(node, resolve=True).items():  # interpolations resolve in the whole cfg
+        nested = globals().get(str(_field_types(schema, str(key))))
+        if isinstance(nested, type) and isinstance(node.get(key), DictConfig):  # `steer.controller`
+            problems += _type_problems(f"{name}.{key}", nested, node[key])
+            continue
+        if _field_types(schema, str(key)) is None:
+            problems.append(f"{name}.{key}={_shown(node.get(key, value))}: {name} has no such setting (misspelt?); "
+                            f"its settings are {', '.join(f.name for f in fields(schema))}")
+            continue
+        try:
+            OmegaConf.merge(typed, {key: value})
+        except OmegaConfBaseException as err:
+            expected = _field_types(schema, str(key))
+            what = f"must be {TYPE_WORDS.get(expected, expected)}" if expected else str(err).splitlines()[0]
+            problems.append(f"{name}.{key}={_shown(node.get(key, value))}: {what}")
+    return problems
 
 
 def _field_types(schema: type, path: str) -> str | None:

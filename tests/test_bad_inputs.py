@@ -52,6 +52,11 @@ def _assert_refused(proc, *message: str) -> None:
     (["steer.eta=-1"], "steer.eta=-1: must be a finite number >= 0"),
     (["+steer.controller.p_gian=5"], "steer.controller.p_gian=5"),
     (["steer.controller.d_gain=abc"], "steer.controller.d_gain=abc: must be a number"),
+    (["+steer.controller.extra=2", "steer.controller.d_gain=abc", "steer.controller=5"],
+     "steer.controller=5: must be a section with p_gain and d_gain"),
+    (["+steer.controller.extra=2", "steer.controller.d_gain=abc"],
+     ("steer.controller.d_gain=abc: must be a number",
+      "steer.controller.extra=2: steer.controller has no such setting (misspelt?); its settings are p_gain, d_gain")),
     # every problem at once: wrong types of one section, and values of a section beside its nested one's
     (["train.n_steps=abc", "train.lr=xyz", "extract.batch_size=0"],
      ("train.n_steps=abc: must be an integer", "train.lr=xyz: must be a number",
