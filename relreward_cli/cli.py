@@ -241,18 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_reporting_failures(task)
 
 
-def environment_error(err: OSError) -> str:
+def environment_error(err: OSError, folders: str = "run_root= and data_dir=") -> str:
     """One paragraph for a failure of the machine rather than of the code: disk full, no permission, a path that
-    is not a folder, a damaged file."""
+    is not a folder, a damaged file. `folders`: the options that choose where the command writes."""
     where = f" ({err.filename})" if err.filename else ""
     if err.errno == errno.ENOSPC:
-        return (f"No space left on the device{where}. Free some space or point run_root= / data_dir= at another "
-                "disk, then run the same command again: a training resumes from its last checkpoint.")
+        return (f"No space left on the device{where}. Free some space or point {folders} at another disk, then run "
+                "the same command again: a training resumes from its last checkpoint.")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"Cannot write{where}: {err.strerror}. Point run_root= (and data_dir=) at a folder you can write "
-                "to, or fix its permissions, then run the same command again.")
-    return (f"{err.strerror or err}{where}. Check the paths this command was given (run_root, data_dir, the "
-            "model and data paths) and that the folders are on a disk that is mounted and not full.")
+        return (f"Cannot write{where}: {err.strerror}. Point {folders} at a folder you can write to, or fix its "
+                "permissions, then run the same command again.")
+    in_the_way = ": a file stands where a folder is needed" if err.errno in (errno.EEXIST, errno.ENOTDIR) else ""
+    return (f"{err.strerror or err}{where}{in_the_way}. Check the paths this command was given ({folders} and any "
+            "model or data paths) and that the folders are on a disk that is mounted and not full.")
 
 
 def run_reporting_failures(task: Callable[[], Any]) -> int:

@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         from relreward_cli.cli import environment_error
 
-        print(f"relreward: error: {environment_error(err)}", file=sys.stderr)
+        print(f"relreward: error: {environment_error(err, folders='--out or the sweep folder')}", file=sys.stderr)
         return 2
     print(written["markdown"])
     for key in ("report", "bars", "goals", "heatmaps"):

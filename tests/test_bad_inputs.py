@@ -279,7 +279,7 @@ def test_a_run_folder_whose_log_cannot_be_opened_is_one_paragraph(smoke_data, tm
 
 @pytest.mark.parametrize(("code", "said"), [
     ("ENOSPC", ["relreward: error: No space left on the device", "resumes from its last checkpoint"]),
-    ("EROFS", ["relreward: error: Cannot write", "Point run_root= (and data_dir=) at a folder you can write"]),
+    ("EROFS", ["relreward: error: Cannot write", "Point run_root= and data_dir= at a folder you can write"]),
     ("zip writer", ["relreward: error: No space left on the device", "resumes from its last checkpoint"]),
 ])
 def test_a_full_or_read_only_disk_is_one_paragraph_and_the_run_resumes_afterwards(smoke_data, tmp_path, monkeypatch,
