@@ -167,15 +167,16 @@ def check_output(file: Path, stage: str) -> None:
     if found is None or not isinstance(found.get(OUTPUTS, {}), dict):
         if found is not None:
             raise UserError(f"{file} belongs to a run in {file.parent} that has not finished (it is running, or was "
-                            f"stopped), so it is not the run's result. Finish that run (`{stage}` with the same "
-                            "settings resumes it), then use it. Nothing was run.")
+                            "stopped), so it is not the run's result. Finish that run first: the command that made it "
+                            f"(`{stage}`, or `relreward pipeline` for a pipeline's stage folder) resumes it when run "
+                            "again with the same settings. Nothing was run.")
         return
     problems = [problem for problem in altered_outputs(file.parent) if problem.startswith(f"{file.name}:")]
     if problems:
         raise UserError(f"{file} was changed after its run finished ({problems[0].split(': ', 1)[1]}): it was "
                         f"replaced or damaged, so what it holds is unknown. Run `{stage}` for that folder again with "
-                        "overwrite=true (its files move to superseded-<time>/), or pass another file. Nothing was "
-                        "run.")
+                        "overwrite=true (its files move to superseded-<time>/; `relreward pipeline` does this by "
+                        "itself for a pipeline's stage folder), or pass another file. Nothing was run.")
 
 
 def matches(run_dir: Path, current: Mapping[str, Any]) -> bool:

@@ -56,6 +56,8 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     the summary metrics. A ``run_dir`` holding an extraction of other models or settings is refused (or, with
     ``start_afresh``, set aside; see :mod:`relreward_cli.provenance`)."""
     base_file, expert_file = model_file(base_model), model_file(expert_model)
+    for model_path in (base_file, expert_file):  # first: a replaced file explains why two models may be one
+        provenance.check_output(model_path, "relreward train-diffusion")
     one_file = base_file.resolve() == expert_file.resolve()
     if one_file or (base_file.is_file() and expert_file.is_file()
                     and provenance.digest(base_file) == provenance.digest(expert_file)):
@@ -63,8 +65,6 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
         raise UserError(f"base_model and expert_model are one model ({same}): the relative reward of a model over "
                         "itself is zero everywhere. Pass the base and the expert models trained on the two datasets. "
                         "Nothing was run.")
-    for model in (base_model, expert_model):
-        provenance.check_output(model_file(model), "relreward train-diffusion")
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
