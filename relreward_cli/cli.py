@@ -11,6 +11,7 @@ import errno
 import functools
 import importlib
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from relreward_cli.config_schema import check_config
 from relreward_cli.errors import ERROR_FILE, UserError
+from relreward_cli.tracking import RUN_OVERRIDES
 
 STAGES: dict[str, str] = {
     "make-dataset": "Make the env's base and expert data (Maze2D, locomotion: generated offline, in Minari's format).",
@@ -168,28 +170,49 @@ def launcher_given(overrides: list[str]) -> bool:
     return any(arg.lstrip("+~").startswith("hydra/launcher=") for arg in overrides)
 
 
+def holds_finished_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds the finished result of an earlier attempt, untouched: its summary and labels, and (for
+    a stage's folder) its files as the stage sealed them. A pipeline removes its summary, and a stage unseals its
+    folder, before they change anything."""
+    from relreward_cli import provenance
+
+    if not ((run_dir / "metrics.json").is_file() and (run_dir / RUN_OVERRIDES).is_file()):
+        return False
+    try:
+        return provenance.intact(run_dir)
+    except UserError:  # a damaged record
+        return False
+
+
 def report_user_errors(stage_main: Callable) -> Callable:
     """Check the config (:func:`check_config`), then run the stage. A :class:`UserError` raised by either, or a
     failure of the machine (an :class:`OSError`: disk full, a path that is not a folder), becomes one paragraph on
     stderr and exit code 2; the message also goes to the run folder's ``error.txt`` where it can be written (removed
-    when the run starts again), which ``relreward report`` shows for runs that did not finish."""
+    when the run starts again), which ``relreward report`` shows for runs that did not finish, unless the folder
+    still holds an earlier attempt's finished run as it was. A run that finishes keeps its command-line overrides
+    as ``overrides.yaml`` (``RUN_OVERRIDES``), the labels ``relreward report`` gives it."""
 
     @functools.wraps(stage_main)
     def wrapper(cfg):
         from hydra.core.hydra_config import HydraConfig
 
-        error_file = Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        error_file = run_dir / ERROR_FILE
         with contextlib.suppress(OSError):
             error_file.unlink(missing_ok=True)
         try:
             check_config(cfg)
-            return stage_main(cfg)
+            result = stage_main(cfg)
         except (UserError, OSError) as err:
             message = environment_error(err) if isinstance(err, OSError) else str(err)
             print(f"\nrelreward: error: {message}", file=sys.stderr)
-            with contextlib.suppress(OSError):  # a read-only or full run folder: the message above is enough
-                error_file.write_text(f"{message}\n")
+            if not holds_finished_run(run_dir):  # a refusal that left a finished run as it was is no failure of it
+                with contextlib.suppress(OSError):  # a read-only or full run folder: the message above is enough
+                    error_file.write_text(f"{message}\n")
             sys.exit(2)
+        with contextlib.suppress(OSError):  # the finished run's own labels, which a later attempt leaves alone
+            shutil.copyfile(run_dir / ".hydra" / "overrides.yaml", run_dir / RUN_OVERRIDES)
+        return result
 
     return wrapper
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from relreward_cli.errors import ERROR_FILE, UserError
 from relreward_cli.plots import save_figure  # first: it selects the Agg backend
+from relreward_cli.tracking import RUN_OVERRIDES
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,13 @@ def find_runs(sweep: Path) -> list[Run]:
             log.warning("Leaving out the results of %s, which cannot be read (%s)", here, err)
             config, metrics = (config if isinstance(config, dict) else {}), None
         if ERROR_FILE in filenames and metrics is not None:
-            # Its last attempt was refused or failed after an earlier one finished: its config and labels are
-            # that attempt's, so the earlier results are not shown as the run's.
+            # Its last attempt failed after an earlier one finished, having changed what it held (a refusal that
+            # leaves the finished run as it was writes no error.txt): the earlier results are not the run's now.
             log.warning("%s: its last attempt failed (%s); its earlier results are left out", here, ERROR_FILE)
             metrics = None
-        overrides_file = here / ".hydra" / "overrides.yaml"
+        overrides_file = here / RUN_OVERRIDES  # the finished attempt's own; else the last attempt's (Hydra's copy)
+        if not overrides_file.is_file() or metrics is None:
+            overrides_file = here / ".hydra" / "overrides.yaml"
         overrides = _read_yaml(overrides_file) if overrides_file.is_file() else None
         runs.append(Run(here, config, metrics, overrides))
     return runs

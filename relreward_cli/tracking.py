@@ -212,6 +212,11 @@ class RunTracker:
         self.finish()
 
 
+RUN_OVERRIDES = "overrides.yaml"
+"""The command-line overrides of a run's last finished attempt, in its folder (Hydra's `.hydra/overrides.yaml` holds
+the last attempt's, finished or not); `relreward report` labels runs with them."""
+
+
 def print_summary_table(title: str, rows: Mapping[str, Any]) -> None:
     """Print a two-column summary table (rich) at the end of a stage, under `title` on one unwrapped line (it
     often ends with a run folder's path, which a table title would wrap to the table's width)."""

@@ -73,6 +73,32 @@ def test_report_of_the_sweep(sweep, tmp_path, capsys):
     assert "Over the tasks" not in text  # one task: nothing to summarize over tasks
 
 
+def test_a_refused_rerun_leaves_a_finished_run_of_the_sweep_finished_and_labelled_as_it_was(sweep, tmp_path, cli):
+    """A typo in a rerun of one job (refused before any work, "nothing was run") changes neither the run's results
+    nor how the report lists and labels it, though Hydra rewrote the job's .hydra/overrides.yaml; a failure that
+    changed what the folder held is still listed as failed."""
+    import shutil
+
+    sweep_dir, _ = sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns(".submitit"))
+    before = build_report(copy)
+    job = next(run.path for run in before.runs if run.config["seed"] == 0)
+    assert (job / "overrides.yaml").is_file()
+    proc = cli(["pipeline", "experiment=smoke", f"run_root={tmp_path / 'runs'}", *FAST, "seed=0", "train.lr=-1",
+                f"hydra.run.dir='{job}'"], tmp_path)
+    assert proc.returncode == 2 and "train.lr=-1" in proc.stderr and "train.lr=-1" in (job / ".hydra" /
+                                                                                        "overrides.yaml").read_text()
+    after = build_report(copy)
+    assert not (job / "error.txt").exists() and len(after.finished) == 2
+    assert list(after.tasks) == list(before.tasks) and [r.overrides for r in after.runs] == [r.overrides for r in
+                                                                                           before.runs]
+    (job / "metrics.json").unlink()  # as a pipeline does when it starts work; then it fails
+    proc = cli(["pipeline", "experiment=smoke", f"run_root={tmp_path / 'runs'}", *FAST, "seed=0", "train.lr=-1",
+                f"hydra.run.dir='{job}'"], tmp_path)
+    assert (job / "error.txt").is_file() and len(build_report(copy).finished) == 1
+
+
 def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
     assert relreward_cli.main(["report", str(tmp_path)]) == 2
     assert "No run folders" in capsys.readouterr().err
