@@ -387,8 +387,11 @@ def test_an_interrupted_rerun_is_one_line_and_leaves_no_summary_of_the_earlier_r
     common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
     cli(["pipeline", *common], tmp_path, check=True)
     run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    # Ctrl-C as a terminal delivers it, whatever the test runner's own SIGINT: a runner started in the background by
+    # a non-interactive shell ignores SIGINT, and its children would inherit that.
     proc = subprocess.Popen([*_cli_command(), "pipeline", *common, "train.lr=0.001", "train.n_steps=1000000"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list((run_dir / "diffusion_base").glob("superseded-*")):  # the stale model set aside: training
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
