@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -262,33 +263,22 @@ def _type_problems(name: str, schema: type, node: DictConfig) -> list[str]:
     """Every key of `node` (the section `name`) whose value is not of its type in `schema`, or that `schema` does not
     have; each key on its own, so that one wrong type does not hide the next, and a nested section key by key."""
     typed = OmegaConf.structured(schema)
+    declared = {f.name: str(f.type) for f in fields(schema)}
+    nested = {key: hint for key, hint in typing.get_type_hints(schema).items() if is_dataclass(hint)}
     problems = []
     for key, value in OmegaConf.to_container(node, resolve=True).items():  # interpolations resolve in the whole cfg
-        nested = globals().get(str(_field_types(schema, str(key))))
-        if isinstance(nested, type) and isinstance(node.get(key), DictConfig):  # `steer.controller`
-            problems += _type_problems(f"{name}.{key}", nested, node[key])
-            continue
-        if _field_types(schema, str(key)) is None:
+        if key in nested and isinstance(node.get(key), DictConfig):  # `steer.controller`
+            problems += _type_problems(f"{name}.{key}", nested[key], node[key])
+        elif key not in declared:
             problems.append(f"{name}.{key}={_shown(node.get(key, value))}: {name} has no such setting (misspelt?); "
-                            f"its settings are {', '.join(f.name for f in fields(schema))}")
-            continue
-        try:
-            OmegaConf.merge(typed, {key: value})
-        except OmegaConfBaseException as err:
-            expected = _field_types(schema, str(key))
-            what = f"must be {TYPE_WORDS.get(expected, expected)}" if expected else str(err).splitlines()[0]
-            problems.append(f"{name}.{key}={_shown(node.get(key, value))}: {what}")
+                            f"its settings are {', '.join(declared)}")
+        else:
+            try:
+                OmegaConf.merge(typed, {key: value})
+            except OmegaConfBaseException:
+                problems.append(f"{name}.{key}={_shown(node.get(key, value))}: must be "
+                                f"{TYPE_WORDS.get(declared[key], declared[key])}")
     return problems
-
-
-def _field_types(schema: type, path: str) -> str | None:
-    """The declared type of the field at dotted `path` in `schema` (nested dataclasses followed), as a string."""
-    head, _, rest = path.partition(".")
-    declared = {f.name: f.type for f in fields(schema)}.get(head)
-    if rest:
-        nested = globals().get(str(declared))
-        return _field_types(nested, rest) if isinstance(nested, type) else None
-    return None if declared is None else str(declared)
 
 
 def _shown(value: Any) -> str:

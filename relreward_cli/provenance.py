@@ -133,17 +133,22 @@ def seal(run_dir: Path) -> None:
     write_json_atomic(run_dir / PROVENANCE_FILE, found)
 
 
+def _altered(run_dir: Path, sealed: Mapping[str, str]) -> list[str]:
+    """`name: how` for each file of `sealed` (name -> digest) that `run_dir` no longer holds as it was sealed."""
+    changed = []
+    for name, recorded_digest in sorted(sealed.items()):
+        if not (Path(run_dir) / name).exists():
+            changed.append(f"{name}: gone since the run finished")
+        elif (now := digest(Path(run_dir) / name)) != recorded_digest:
+            changed.append(f"{name}: not the file the run wrote (digest {recorded_digest} -> {now})")
+    return changed
+
+
 def altered_outputs(run_dir: Path) -> list[str]:
     """`name: how` for every file the sealed run in `run_dir` wrote that is not as it left it (replaced, damaged or
     gone); empty for an unsealed folder or a record from before seals."""
     outputs = (_read(run_dir) or {}).get(OUTPUTS)
-    if not isinstance(outputs, dict):
-        return []
-    run_dir = Path(run_dir)
-    return [f"{name}: gone since the run finished" if not (run_dir / name).exists() else
-            f"{name}: not the file the run wrote (digest {sealed} -> {digest(run_dir / name)})"
-            for name, sealed in sorted(outputs.items())
-            if not (run_dir / name).exists() or digest(run_dir / name) != sealed]
+    return _altered(run_dir, outputs) if isinstance(outputs, dict) else []
 
 
 def intact(run_dir: Path) -> bool:
@@ -152,7 +157,7 @@ def intact(run_dir: Path) -> bool:
     found = _read(run_dir)
     if found is None or OUTPUTS not in found:
         return True
-    return found[OUTPUTS] is not None and not altered_outputs(run_dir)
+    return found[OUTPUTS] is not None and not _altered(run_dir, found[OUTPUTS])
 
 
 def check_output(file: Path, stage: str) -> None:
@@ -164,15 +169,15 @@ def check_output(file: Path, stage: str) -> None:
     """
     file = Path(file)
     found = _read(file.parent)
-    if found is None or not isinstance(found.get(OUTPUTS, {}), dict):
-        if found is not None:
-            raise UserError(f"{file} belongs to a run in {file.parent} that has not finished (it is running, or was "
-                            "stopped), so it is not the run's result. Finish that run first: the command that made it "
-                            f"(`{stage}`, or `relreward pipeline` for a pipeline's stage folder) resumes it when run "
-                            "again with the same settings. Nothing was run.")
+    if found is None or OUTPUTS not in found:
         return
-    problems = [problem for problem in altered_outputs(file.parent) if problem.startswith(f"{file.name}:")]
-    if problems:
+    if found[OUTPUTS] is None:
+        raise UserError(f"{file} belongs to a run in {file.parent} that has not finished (it is running, or was "
+                        "stopped), so it is not the run's result. Finish that run first: the command that made it "
+                        f"(`{stage}`, or `relreward pipeline` for a pipeline's stage folder) resumes it when run "
+                        "again with the same settings. Nothing was run.")
+    sealed = {name: value for name, value in found[OUTPUTS].items() if name == file.name}  # only the file read
+    if problems := _altered(file.parent, sealed):
         raise UserError(f"{file} was changed after its run finished ({problems[0].split(': ', 1)[1]}): it was "
                         f"replaced or damaged, so what it holds is unknown. Run `{stage}` for that folder again with "
                         "overwrite=true (its files move to superseded-<time>/; `relreward pipeline` does this by "
