@@ -196,12 +196,13 @@ def report_user_errors(stage_main: Callable) -> Callable:
     def wrapper(cfg):
         from hydra.core.hydra_config import HydraConfig
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        hydra_config = HydraConfig.get()
+        run_dir = Path(hydra_config.runtime.output_dir)
         error_file = run_dir / ERROR_FILE
         with contextlib.suppress(OSError):
             error_file.unlink(missing_ok=True)
         try:
-            check_config(cfg)
+            check_config(cfg, hydra_config.overrides.task, hydra_config.runtime.choices)
             result = stage_main(cfg)
         except (UserError, OSError) as err:
             message = environment_error(err) if isinstance(err, OSError) else str(err)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import typing
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
@@ -350,6 +351,34 @@ def _unresolvable(cfg: DictConfig) -> str | None:
     return None
 
 
+OPEN_SECTIONS = ("hydra", "env")
+"""Where a `+key=value` override may add a setting: Hydra's own keys (a launcher's extra parameters), and the env's,
+whose optional keys the shared config reads with a default (``${oc.select:env.horizon,32}``)."""
+
+
+def _added_key_problems(cfg: DictConfig, overrides: Sequence[str], groups: Collection[str]) -> list[str]:
+    """Settings that `+key=value` overrides add where nothing reads them (`+sede=3`). A `+` is needed only for a key
+    the config does not have, so outside :data:`OPEN_SECTIONS` and config groups (`+experiment=smoke`) it adds a
+    misspelt or unknown setting; the typed sections name their own unknown keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    added = [override for override in OverridesParser.create().parse_overrides(list(overrides)) if override.is_add()]
+    added_keys = {override.key_or_group for override in added}
+    problems = []
+    for override in added:
+        key = override.key_or_group
+        if key.split(".")[0] in (*OPEN_SECTIONS, *SECTIONS) or key in groups:
+            continue
+        parent = key.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        known = [name for name in node if f"{parent}.{name}".lstrip(".") not in added_keys] \
+            if isinstance(node, DictConfig) else []
+        where = f"{parent}'s settings" if parent else "the top-level settings"
+        problems.append(f"+{key}={override.get_value_element_as_str()}: there is no setting {key} (misspelt?), so "
+                        "nothing would read it" + (f"; {where} are {', '.join(known)}" if known else ""))
+    return problems
+
+
 SWITCHES = ("overwrite", "use_actions", "pipeline.steer")
 """Top-level yes/no settings outside the typed sections."""
 
@@ -358,12 +387,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_config(cfg: DictConfig, overrides: Sequence[str] = (), groups: Collection[str] = ()) -> None:
     """Refuse a config whose shared sections have a wrong type, an unknown key or a value out of range, naming
-    each (e.g. ``train.batch_size=0: must be a positive integer``), before any work."""
+    each (e.g. ``train.batch_size=0: must be a positive integer``), before any work. `overrides`: the command line's
+    (Hydra's task overrides), whose `+key=value` additions are checked too; `groups`: the config group names."""
     if unresolvable := _unresolvable(cfg):
         raise UserError(unresolvable)
-    problems = []
+    problems = _added_key_problems(cfg, overrides, groups)
     if "seed" in cfg and not _is_int(cfg.seed):
         problems.append(f"seed={cfg.seed}: must be an integer")
     for name, schema in SECTIONS.items():

@@ -22,6 +22,7 @@ of their W&B group; without network or credentials this is skipped with a note, 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import math
@@ -443,14 +444,13 @@ def fill_from_wandb(report: Report) -> str:
 
 
 def select_setting(report: Report, key: str) -> dict[str, Any]:
-    """The task of ``report`` whose runs have the highest mean of ``key`` (e.g. ``guided/return_mean``): its
+    """The task of ``report`` whose runs have the highest mean of ``key`` (e.g. ``guided/score_mean``): its
     swept overrides (other than the seed), the value, and every task's value, for choosing hyperparameters on
     selection seeds. Raises :class:`UserError` when no finished run has ``key``."""
     values = {task: mean_sem(found)[0] for task, runs in report.tasks.items()
               if (found := [v for run in runs if (v := run.value(key)) is not None])}
     if not values:
-        raise UserError(f"No finished run under {report.sweep} has the metric {key!r} to select on; pick one of "
-                        "the keys of a run's metrics.json (e.g. guided/return_mean).")
+        raise UserError(_nothing_to_select(report, key))
     best = max(values, key=values.get)
     parsed = [dict(o.split("=", 1) for o in _task_overrides(run)) for run in report.runs]
     swept = sorted({key for overrides in parsed for key in overrides
@@ -458,6 +458,19 @@ def select_setting(report: Report, key: str) -> dict[str, Any]:
     chosen = dict(o.split("=", 1) for o in _task_overrides(report.tasks[best][0]))
     overrides = [f"{key}={chosen[key]}" for key in swept if key in chosen]
     return {"metric": key, "task": best, "value": values[best], "overrides": overrides, "all": values}
+
+
+def _nothing_to_select(report: Report, key: str) -> str:
+    """Why no task can be selected by ``key``: every finished run's value is NaN, or no run has the metric (then the
+    nearest names among the metrics that the finished runs do have)."""
+    if any(run.metrics is not None and key in run.metrics for run in report.finished):
+        return (f"Every finished run under {report.sweep} has {key!r} as NaN or not a number, so there is nothing to "
+                "select on; choose a metric that these runs measured (their metrics.json).")
+    numeric = sorted({name for run in report.finished for name in run.metrics if run.value(name) is not None})
+    near = difflib.get_close_matches(key, numeric, n=3, cutoff=0.5)
+    shown = f"the nearest are {', '.join(near)}" if near else f"they include {', '.join(numeric[:8])}"
+    return (f"No finished run under {report.sweep} has the metric {key!r} to select on. The finished runs have "
+            f"{len(numeric)} numeric metrics (the keys of their metrics.json); {shown}.")
 
 
 REPORT_FILES = ("report.md", "report_bars.png", "reward_maps_grid.png", "reward_maps_by_task.png", "selection.json")
@@ -498,8 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", action="store_true",
                         help="also read unfinished runs' results from their W&B group (needs credentials)")
     parser.add_argument("--select", metavar="METRIC", default=None,
-                        help="also pick the task (swept setting) of highest METRIC, e.g. guided/return_mean: "
-                             "written to selection.json, its overrides printed last, one per line")
+                        help="also pick the task (swept setting) of highest METRIC, a key of the runs' "
+                             "metrics.json, e.g. headline/pearson (a Maze2D pipeline) or guided/score_mean "
+                             "(steering): written to selection.json, its overrides printed last, one per line")
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else args.sweep
     try:

@@ -64,6 +64,12 @@ def _assert_refused(proc, *message: str) -> None:
     (["steer.controller.p_gain=-1", "steer.scale=-2"],
      ("steer.controller.p_gain=-1.0: must be a positive gain", "steer.scale=-2: must be a finite number >= 0")),
     (["formulation=authors"], "env=maze2d_umaze does not define env.authors_steering.scale"),
+    # a `+` adds a key the config does not have: outside the env's and Hydra's keys, nothing would read it
+    (["+sede=3"], ("+sede=3: there is no setting sede (misspelt?), so nothing would read it; the top-level settings "
+                   "are ", "seed, device")),
+    (["+logger.projct=x", "train.n_steps=abc"],
+     ("+logger.projct=x: there is no setting logger.projct (misspelt?)", "logger's settings are mode, project",
+      "train.n_steps=abc: must be an integer")),
 ])
 def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path, overrides, message):
     run_root = tmp_path / "runs"
@@ -71,6 +77,21 @@ def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path,
     _assert_refused(proc, *((message,) if isinstance(message, str) else message), "nothing was run")
     made = [path.name for path in run_root.rglob("*") if path.is_file() and ".hydra" not in path.parts]
     assert set(made) <= {"train_diffusion.log", "error.txt"}, made  # Hydra's own files, the log, the reason
+
+
+def test_a_plus_override_may_add_env_and_hydra_keys_and_choose_a_config_group():
+    """The additions `+` is for pass the check: an env's optional key (read with a default), a launcher's extra
+    parameter and a config group without a default; a misspelt top-level key does not."""
+    from omegaconf import OmegaConf
+
+    from relreward_cli.config_schema import check_config
+    from relreward_cli.errors import UserError
+
+    cfg = OmegaConf.create({"seed": 0, "env": {"name": "maze2d_umaze", "steer_scale": 2.0}, "experiment": "smoke"})
+    check_config(cfg, ["+env.steer_scale=2.0", "+hydra.launcher.additional_parameters.mail-type=END",
+                       "+experiment=smoke", "seed=0"], groups={"env", "experiment", "hydra/launcher"})
+    with pytest.raises(UserError, match=r"\+experiment=smoke: there is no setting experiment"):
+        check_config(cfg, ["+experiment=smoke"], groups={"env"})
 
 
 @pytest.fixture(scope="module")

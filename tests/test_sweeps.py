@@ -335,12 +335,17 @@ def test_report_counts_runs_without_a_value_and_writes_only_its_own_files(tmp_pa
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
         (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "maze2d_umaze"}, "seed": seed}))
-        (run / "metrics.json").write_text(json.dumps({"headline/pearson": value}))
+        (run / "metrics.json").write_text(json.dumps({"headline/pearson": value, "headline/accuracy": float("nan")}))
     out = tmp_path / "out"
     assert report_main([str(sweep), "--out", str(out), "--select", "headline/pearson"]) == 0
     assert "0.500 (n=1 of 2)" in (out / "report.md").read_text() and (out / "selection.json").is_file()
     before = {path.name: path.read_bytes() for path in out.iterdir()}
-    assert report_main([str(sweep), "--out", str(out), "--select", "bogus"]) == 2
+    capsys.readouterr()
+    assert report_main([str(sweep), "--out", str(out), "--select", "headline/pearsn"]) == 2
+    assert "has the metric 'headline/pearsn'" in (err := capsys.readouterr().err) and \
+        "the nearest are headline/pearson" in err
+    assert report_main([str(sweep), "--out", str(out), "--select", "headline/accuracy"]) == 2
+    assert "Every finished run under" in (err := capsys.readouterr().err) and "as NaN" in err
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert report_main([str(sweep), "--out", str(out)]) == 0 and not (out / "selection.json").exists()
     (tmp_path / "a-file").write_text("")
