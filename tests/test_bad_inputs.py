@@ -44,6 +44,11 @@ def _assert_refused(proc, *message: str) -> None:
     (["use_actions=maybe"], "use_actions=maybe: must be true or false"),
     (["horizon=7"], "horizon=7 (model network): The horizon 7 is not a positive multiple of 2"),
     (["env.goal_cell=[1]"], "env.base_data is built from other values and fails"),
+    (["env.goal_cell=[abc,1]"], "env.goal_cell=['abc', 1]: Cell ['abc', 1] is not a cell of a maze: a cell is [row, "
+                                "col], two integers"),
+    (["env.goal_cell=[1,1.5]"], "env.goal_cell=[1, 1.5]: Cell [1, 1.5] is not a cell of a maze"),  # not cell (1, 1)
+    (["env.goal_cell=[2,2]"], ("env.goal_cell=[2, 2]: Cell (2, 2) is not a free cell of this 5x5 maze",
+                               "Pick one of the free cells: [(1, 1), (1, 2)")),
     (["env.evaluate.windows=0", "env.evaluate.bin_size=0"], "env.evaluate.windows=0: must be a positive integer"),
     (["extract.grid_resolution=100"], "extract.grid_resolution=100: must be above 0 and at most one maze cell"),
     (["env.generate.base.episode_steps=4"], "env.generate.base.episode_steps=4: must be at least horizon=8"),

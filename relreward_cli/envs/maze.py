@@ -3,6 +3,7 @@ D4RL waypoint controller that drives the point mass along shortest paths."""
 
 from __future__ import annotations
 
+import numbers
 from collections import deque
 from dataclasses import dataclass
 
@@ -85,14 +86,16 @@ class MazeGeometry:
         return 0 <= row < rows and 0 <= col < cols and self.maze_map[row, col] == 0
 
     def check_free(self, cell) -> Cell:
-        """The cell as a (row, col) tuple, or a UserError if it is a wall or off the map."""
+        """The cell as a (row, col) tuple of ints, or a UserError if it is not two integers, a wall or off the map."""
+        def refuse(why: str) -> UserError:
+            return UserError(f"Cell {why} (rows count down from the top, 1 = wall). Pick one of the free cells: "
+                             f"{[tuple(c) for c in self.free_cells().tolist()]}.")
+
+        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in cell):
+            raise refuse(f"{list(cell)} is not a cell of a maze: a cell is [row, col], two integers")
         cell = tuple(int(c) for c in cell)
         if len(cell) != 2 or not self.is_free(cell):
-            raise UserError(
-                f"Cell {cell} is not a free cell of this {self.shape[0]}x{self.shape[1]} maze (rows count "
-                f"down from the top, 1 = wall). Pick one of the free cells: "
-                f"{[tuple(c) for c in self.free_cells().tolist()]}."
-            )
+            raise refuse(f"{cell} is not a free cell of this {self.shape[0]}x{self.shape[1]} maze")
         return cell
 
     def cell_distances(self, goal_cell) -> np.ndarray:

@@ -49,7 +49,10 @@ def maze_goal(cfg: DictConfig) -> tuple[MazeGeometry, np.ndarray]:
     measured against a goal the expert never went to. (Data not made yet are not checked: make-dataset makes them
     for this goal.)"""
     geometry = MazeGeometry.from_name(cfg.env.maze)
-    goal = tuple(geometry.check_free(tuple(cfg.env.goal_cell)))
+    try:
+        goal = geometry.check_free(tuple(cfg.env.goal_cell))
+    except UserError as err:
+        raise UserError(f"env.goal_cell={list(cfg.env.goal_cell)}: {str(err).rstrip('.')}; nothing was run.") from None
     kind, dataset_id = split_source(cfg.env.expert_data)
     if kind == "generated" and (data_root(cfg) / dataset_id).exists():
         data_goal = read_dataset_metadata(dataset_id, data_root(cfg)).get("goal_cell")
@@ -81,8 +84,8 @@ class Maze2DFamily(TrajectoryFamily):
         """The goal is a free cell, episodes (made and fresh) are long enough to cut segments from, and the
         evaluation's sizes (``env.evaluate``, ``extract.grid_resolution``) give windows to score and bins no larger
         than a cell, so that the maps show the walls."""
+        geometry, _ = maze_goal(cfg)  # first: the data ids are built from the goal cell
         super().check_config(cfg)
-        geometry, _ = maze_goal(cfg)
         ev, cell = cfg.env.evaluate, geometry.scaling
         counts = {f"{kind}.{key}": ev[kind][key]
                   for kind in ("base", "expert") for key in ("n_episodes", "episode_steps")}
