@@ -19,6 +19,13 @@ from typing import Any
 
 from relreward_cli.config_schema import check_config
 from relreward_cli.errors import ERROR_FILE, UserError
+from relreward_cli.sweeps import (
+    expose_launchers,
+    job_config_problems,
+    launcher_given,
+    launcher_problem,
+    shared_folder_problem,
+)
 from relreward_cli.tracking import RUN_OVERRIDES
 
 STAGES: dict[str, str] = {
@@ -29,18 +36,6 @@ STAGES: dict[str, str] = {
     "pipeline": "make-dataset -> train-diffusion (base, expert) -> extract [-> steer-eval], in one command.",
     "report": "Summarize a sweep: `relreward report <sweep folder>` -> report.md (mean ± s.e.), plots.",
 }
-
-# Launcher choices (hydra/launcher=<name>) -> the plugin module that provides them and its pip package.
-LAUNCHER_PLUGINS: dict[str, tuple[tuple[str, ...], str]] = {
-    name: (("hydra_plugins.hydra_submitit_launcher", "submitit"), "hydra-submitit-launcher")
-    for name in ("slurm", "local", "submitit_slurm", "submitit_local")
-} | {
-    "joblib": (("hydra_plugins.hydra_joblib_launcher",), "hydra-joblib-launcher"),
-    "ray": (("hydra_plugins.hydra_ray_launcher",), "hydra-ray-launcher"),
-    "ray_aws": (("hydra_plugins.hydra_ray_launcher",), "hydra-ray-launcher"),
-    "rq": (("hydra_plugins.hydra_rq_launcher",), "hydra-rq-launcher"),
-}
-
 
 def packaged_config_dir() -> Path:
     """The Hydra configs that come with the package (the package ``relreward_cli.configs``).
@@ -84,90 +79,6 @@ def _usage() -> str:
 
 def _module_name(stage: str) -> str:
     return stage.replace("-", "_")
-
-
-def expose_launchers() -> None:
-    """Let Hydra find relreward's launchers (``hydra/launcher=slurm`` / ``local``) however relreward was installed.
-
-    Hydra takes launcher classes only from the modules that ``pkgutil`` lists on the ``hydra_plugins`` namespace's
-    path. A wheel puts ``hydra_plugins/relreward_launchers`` on that path; an editable install (``make install``)
-    imports it through an import hook instead, which such a listing does not see, so its folder is added to the
-    namespace's path here (once; nothing changes when it is there already).
-    """
-    import hydra_plugins
-    import hydra_plugins.relreward_launchers as launchers
-
-    folder = str(Path(launchers.__file__).resolve().parent.parent)
-    if folder not in [str(Path(entry).resolve()) for entry in hydra_plugins.__path__]:
-        hydra_plugins.__path__.append(folder)
-
-
-def shared_folder_problem(overrides: list[str]) -> str | None:
-    """Why two jobs of a ``--multirun`` sweep would write into one run folder, or None.
-
-    A job's folder is named by its overrides, leaving out the keys that ``hydra.job.config.override_dirname.
-    exclude_keys`` names in ``base.yaml`` (paths, and settings that do not change a result). A sweep over one of
-    those, or a value listed twice, would give two jobs one folder: one would resume or overwrite the other's
-    run. Checked before any job starts; Hydra reports malformed overrides itself.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    try:
-        parsed = OverridesParser.create().parse_overrides([arg for arg in overrides if not arg.startswith("-")])
-    except Exception:  # noqa: BLE001 - Hydra says what is malformed when it parses them itself
-        return None
-    unnamed = set(OmegaConf.load(CONFIG_DIR / "base.yaml").hydra.job.config.override_dirname.exclude_keys)
-    for override in parsed:
-        if not override.is_sweep_override():
-            continue
-        key, values = override.get_key_element().lstrip("+~"), list(override.sweep_string_iterator())
-        if key in unnamed:
-            return (f"the sweep runs {key}={','.join(values)}, but {key} is left out of the job folders' names "
-                    "(it is a path or does not change a result), so every job would write into one run folder. "
-                    f"Launch one sweep per {key}, each with a run_root= of its own. No job was started.")
-        if len(set(values)) < len(values):
-            repeated = sorted({value for value in values if values.count(value) > 1})
-            return (f"the sweep lists {key}={','.join(repeated)} more than once; two jobs of one setting would "
-                    "write into one run folder. List each value once. No job was started.")
-    return None
-
-
-def launcher_problem(overrides: list[str]) -> str | None:
-    """Why the launcher chosen by ``hydra/launcher=<name>`` in ``overrides`` cannot run, or None.
-
-    Checked before Hydra starts, so a sweep whose launcher plugin is not installed fails before any job
-    is composed or submitted, with the pip command that fixes it (Hydra's own message would only say that
-    some config ``hydra/launcher/submitit_slurm`` was not found).
-    """
-    choices = [arg.split("=", 1)[1] for arg in overrides if arg.lstrip("+~").startswith("hydra/launcher=")]
-    if not choices or choices[-1] not in LAUNCHER_PLUGINS:
-        return None
-    name = choices[-1]
-    modules, package = LAUNCHER_PLUGINS[name]
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            return (f"hydra/launcher={name} needs the Hydra launcher plugin '{package}', which is not "
-                    f"installed in this Python ({sys.executable}): importing {module} failed ({err}). "
-                    f"Install it with `pip install {package}` (it is a dependency of relreward, so "
-                    "`pip install -e .` in the project does it too), then launch the sweep again. No job "
-                    "was started.")
-    if name in ("slurm", "submitit_slurm"):
-        import shutil
-
-        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
-        if missing:
-            return (f"hydra/launcher={name} submits the jobs with SLURM, but {' and '.join(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} not on PATH here: launch the sweep from a "
-                    "login node of the cluster, or run it on this machine with hydra/launcher=local. No job "
-                    "was started.")
-    return None
-
-
-def launcher_given(overrides: list[str]) -> bool:
-    return any(arg.lstrip("+~").startswith("hydra/launcher=") for arg in overrides)
 
 
 def holds_finished_run(run_dir: Path) -> bool:
@@ -254,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         print("relreward: note: hydra/launcher=... only takes effect with --multirun (-m); this single run "
               "runs here, in this process.", file=sys.stderr)
     if {"-m", "--multirun"} & set(argv[1:]):
-        if problem := shared_folder_problem(argv[1:]):
+        expose_launchers()  # first: composing a job's config reads the launcher plugins' configs
+        if problem := (shared_folder_problem(argv[1:], CONFIG_DIR)
+                       or job_config_problems(_module_name(stage), argv[1:], CONFIG_DIR)):
             print(f"relreward: error: {problem}", file=sys.stderr)
             return 2
-        expose_launchers()
     module = importlib.import_module(f"relreward_cli.stages.{_module_name(stage)}")
     sys.argv = [f"relreward {stage}", *argv[1:]]
     task = hydra.main(config_path=str(CONFIG_DIR), config_name=_module_name(stage), version_base=None)(

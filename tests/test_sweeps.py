@@ -18,6 +18,7 @@ from conftest import _cli_command
 from relreward_cli import cli as relreward_cli
 from relreward_cli.errors import UserError
 from relreward_cli.report import build_report, mean_sem, select_setting, write_report
+from relreward_cli.sweeps import launcher_problem
 
 FAST = ["logger.mode=disabled", "device=cpu", "train.n_steps=6", "train.save_every=3", "train.log_every=3",
         "extract.n_steps=6", "extract.save_every=3", "extract.log_every=3"]
@@ -171,6 +172,22 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(smoke_data, t
     assert json.loads((run / "metrics.json").read_text())["steps"] == 200
 
 
+def test_a_job_whose_config_cannot_work_refuses_the_sweep_before_any_job(cli, tmp_path):
+    """A wall cell among a goal sweep's goals, and a typo in one swept value: every job's config is checked before
+    the first job starts (with the default launcher, the good jobs ran first, then the sweep stopped at the bad one
+    and skipped the jobs after it). Jobs that share a problem are told once; nothing is written."""
+    proc = cli(["pipeline", "--multirun", "experiment=smoke", "logger.mode=disabled", "seed=0,1",
+                "env.goal_cell=[1,1],[2,2]", "train.lr=0.001,1e-3x", f"run_root={tmp_path / 'runs'}",
+                f"data_dir={tmp_path / 'data'}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "jobs of the sweep cannot work, so no job was started" in proc.stderr, proc.stderr[-3000:]
+    assert ("- 2 of 8 jobs (seed=0 env.goal_cell=[2,2] train.lr=0.001; seed=1 env.goal_cell=[2,2] train.lr=0.001): "
+            "env.goal_cell=[2, 2]: Cell (2, 2) is not a free cell") in proc.stderr, proc.stderr[-3000:]
+    assert "- 4 of 8 jobs (seed=0 env.goal_cell=[1,1] train.lr=1e-3x; " in proc.stderr
+    assert "train.lr=1e-3x: must be a number" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("env=maze2d_umaze,maze2d_huge", "Could not find 'env/maze2d_huge'"),
     ("hydra/launcher=slurmm", "Could not find 'hydra/launcher/slurmm'"),
@@ -198,7 +215,7 @@ def test_missing_launcher_plugin_fails_before_any_job(monkeypatch, tmp_path, cap
         assert "pip install hydra-submitit-launcher" in err and "No job was started" in err
     assert not (tmp_path / "runs").exists()
     monkeypatch.undo()
-    assert relreward_cli.launcher_problem(["hydra/launcher=local"]) is None  # installed here
+    assert launcher_problem(["hydra/launcher=local"]) is None  # installed here
 
 
 def test_slurm_launcher_off_a_cluster_fails_before_any_job(monkeypatch, tmp_path, capsys):
