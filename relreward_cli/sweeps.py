@@ -142,6 +142,8 @@ def job_config_problems(config_name: str, overrides: list[str], config_dir: Path
             try:
                 check_config(cfg, job, groups)
                 families.of(cfg).check_config(cfg)
+            except OSError:  # an unreadable data folder, say: the job itself reports it
+                continue
             except UserError as err:
                 label = " ".join(item for item in job if item.split("=", 1)[0].lstrip("+~") in swept)
                 refused.setdefault(str(err), []).append(label)
