@@ -116,7 +116,7 @@ def job_config_problems(config_name: str, overrides: list[str], config_dir: Path
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     from relreward_cli import families
     from relreward_cli.config_schema import check_config
@@ -139,6 +139,8 @@ def job_config_problems(config_name: str, overrides: list[str], config_dir: Path
             groups = list(cfg.hydra.runtime.choices)
             with open_dict(cfg):
                 del cfg["hydra"]
+            if "${hydra:" in OmegaConf.to_yaml(cfg):  # a value Hydra fills per job (`${hydra:job.num}`)
+                continue
             try:
                 check_config(cfg, job, groups)
                 families.of(cfg).check_config(cfg)
