@@ -105,14 +105,18 @@ def launcher_given(overrides: list[str]) -> bool:
     return any(arg.lstrip("+~").startswith("hydra/launcher=") for arg in overrides)
 
 
+MANY_JOBS = 100
+"""A sweep of this many jobs or more says that its configs are being checked (a pause of 10 s or more)."""
+
+
 def job_config_problems(config_name: str, overrides: list[str], config_dir: Path) -> str | None:
     """Why some jobs of a ``--multirun`` sweep could not run, or None: every job's config (each combination of the
     swept values, as Hydra's basic sweeper expands them) is composed here and checked as its stage would check it
     first (the typed sections, then the environment family's own checks), so that a bad value in the last job of a
     long sweep refuses the sweep before the first job starts, instead of after it finished (or, with the default
-    launcher, stopping the jobs after it). About 0.1 s a job. Problems that depend on the run folders (a run made
-    from other settings) are still found by the jobs themselves; Hydra reports malformed overrides and missing
-    config groups itself."""
+    launcher, stopping the jobs after it). A fraction of a second a job. Problems that depend on the run folders (a
+    run made from other settings) are still found by the jobs themselves; Hydra reports malformed overrides and
+    missing config groups itself."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -129,6 +133,9 @@ def job_config_problems(config_name: str, overrides: list[str], config_dir: Path
     except Exception:  # noqa: BLE001 - Hydra says what is malformed when it parses them itself
         return None
     swept = {override.key_or_group for override in parsed if override.is_sweep_override()}
+    if len(jobs) >= MANY_JOBS:
+        print(f"relreward: checking the configs of the sweep's {len(jobs)} jobs before starting any (a fraction of a "
+              "second each)", file=sys.stderr)
     refused: dict[str, list[str]] = {}
     with initialize_config_dir(str(config_dir.resolve()), version_base=None):
         for job in jobs:
