@@ -91,6 +91,13 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def artifact_file(path: Path, name: str) -> Path:
+    """The file a stage's artifact is read from: ``path`` itself when it is a file (or names one not made yet, with a
+    suffix), else ``path/name`` (``path`` a run folder, made or not)."""
+    path = Path(path)
+    return path if path.is_file() else path / name if path.is_dir() or not path.suffix else path
+
+
 def load_checkpoint(path: Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`, refusing files that are not ours.
 

@@ -36,6 +36,7 @@ from relreward_cli.tracking import RunTracker
 from relreward_cli.training import (
     CHECKPOINT_FORMAT,
     NonFiniteLossError,
+    artifact_file,
     load_checkpoint,
     save_checkpoint,
     seed_everything,
@@ -277,6 +278,16 @@ def test_load_checkpoint_refuses_foreign_files(tmp_path):
     # A reward checkpoint passed where a diffusion model is expected.
     with pytest.raises(UserError, match="'diffusion-model' one is needed"):
         load_diffusion_model(good)
+    # A file without a suffix is read as the file it is, not as a run folder (`expert_model=/etc/passwd` was told
+    # "No trained diffusion model at /etc/passwd/model.pt"); a missing path without one is a run folder not made yet.
+    plain = tmp_path / "passwd"
+    plain.write_text("root:x:0:0\n")
+    with pytest.raises(UserError, match=f"{plain} could not be read as a relreward checkpoint"):
+        load_diffusion_model(plain)
+    with pytest.raises(UserError, match=f"No trained diffusion model at {tmp_path / 'no-run' / 'model.pt'}"):
+        load_diffusion_model(tmp_path / "no-run")
+    assert artifact_file(tmp_path, "model.pt") == tmp_path / "model.pt"
+    assert artifact_file(tmp_path / "later.pt", "model.pt") == tmp_path / "later.pt"
 
 
 def _trained(spec: DiffusionSpec, normalizer: Normalizer, path: Path) -> TrainedDiffusion:

@@ -22,7 +22,7 @@ from relreward_cli.diffusion.gaussian import GaussianDiffusion
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
 from relreward_cli.models.networks import networks
-from relreward_cli.training import TrainResult, adam, load_checkpoint, save_checkpoint, train_loop
+from relreward_cli.training import TrainResult, adam, artifact_file, load_checkpoint, save_checkpoint, train_loop
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -94,9 +94,8 @@ class TrainedDiffusion:
 
 
 def model_file(path: Path) -> Path:
-    """``path`` itself if it is a file, else ``path/model.pt`` (a run folder)."""
-    path = Path(path)
-    return path / MODEL_FILE if path.is_dir() or not path.suffix else path
+    """The ``model.pt`` of a ``train-diffusion`` run folder, or ``path`` itself when it names a file."""
+    return artifact_file(path, MODEL_FILE)
 
 
 def load_diffusion_model(path: Path, device: str | torch.device = "cpu") -> TrainedDiffusion:

@@ -22,7 +22,7 @@ from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
 from relreward_cli.models.networks import reward_network
 from relreward_cli.reward.extraction import TARGETS, extraction_loss, loss_by_t_band, noised_batch
-from relreward_cli.training import TrainResult, adam, load_checkpoint, save_checkpoint, train_loop
+from relreward_cli.training import TrainResult, adam, artifact_file, load_checkpoint, save_checkpoint, train_loop
 
 REWARD_FILE = "reward.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -43,8 +43,7 @@ class TrainedReward:
 
 def reward_file(path: Path) -> Path:
     """The ``reward.pt`` of an ``extract`` run folder, or ``path`` itself when it names a file."""
-    path = Path(path)
-    return path / REWARD_FILE if path.is_dir() or not path.suffix else path
+    return artifact_file(path, REWARD_FILE)
 
 
 def load_reward_model(path: Path, device: str | torch.device = "cpu") -> TrainedReward:
