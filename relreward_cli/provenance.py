@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -189,6 +190,40 @@ def matches(run_dir: Path, current: Mapping[str, Any]) -> bool:
     return recorded(run_dir) == current
 
 
+KEPT_FILES = ("model.pt", "reward.pt", "metrics.json", "plots")
+"""What a finished run extended by more steps keeps of itself (not its checkpoint, which the training continues)."""
+
+
+def _keep_finished_run(run_dir: Path, asked: int) -> None:
+    """Before a finished, sealed run is trained on to `asked` steps, copy its result (`KEPT_FILES`) to
+    `finished-<steps>-steps/` in its folder, with its record sealed over the copies, so that the shorter model or
+    reward stays readable as a run folder of its own (``base_model=<folder>/finished-3000-steps``)."""
+    from relreward_cli.training import steps_done
+
+    found = _read(run_dir)
+    if found is None or not isinstance(found.get(OUTPUTS), dict):  # not finished, or recorded before seals
+        return
+    done = steps_done(Path(run_dir) / "checkpoint.pt")
+    if done is None or done >= asked:
+        return
+    kept = Path(run_dir) / f"finished-{done}-steps"
+    if kept.exists():
+        return
+    staging = kept.with_name(f".{kept.name}.tmp")  # complete or absent: a kill while copying leaves no half folder
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for name in KEPT_FILES:
+        source = Path(run_dir) / name
+        if source.is_dir():
+            shutil.copytree(source, staging / name)
+        elif source.is_file():
+            shutil.copy2(source, staging / name)
+    sealed = {name: value for name, value in found[OUTPUTS].items() if (staging / name).exists()}
+    write_json_atomic(staging / PROVENANCE_FILE, {**found, OUTPUTS: sealed})
+    staging.rename(kept)
+    log.info("%s: the finished run of %d steps is kept in %s; training on to %d steps.", run_dir, done, kept, asked)
+
+
 def _past_asked_steps(run_dir: Path, n_steps: tuple[str, int] | None) -> str | None:
     """Why the folder's training cannot give ``n_steps`` = ``(override, steps asked)``: its checkpoint is further
     on (a run may be extended, never shortened); None when it can."""
@@ -236,5 +271,7 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_
                 (run_dir / name).rename(aside / name)
         log.warning("%s was made from something else (%s); its files moved to %s, starting afresh.", run_dir,
                     "; ".join(changes[:3]), aside)
+    elif n_steps is not None:
+        _keep_finished_run(run_dir, n_steps[1])
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / PROVENANCE_FILE, {**current, OUTPUTS: None})  # unsealed until the run finishes

@@ -364,11 +364,19 @@ def test_more_steps_extend_a_finished_pipeline_and_a_damaged_summary_is_written_
     common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
     cli(["pipeline", *common], tmp_path, check=True)
     run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    shorter = {stage: (run_dir / stage / "model.pt").read_bytes() for stage in ("diffusion_base", "diffusion_expert")}
+    steps = json.loads((run_dir / "diffusion_base" / "metrics.json").read_text())["steps"]
     cli(["pipeline", *common, "train.n_steps=30", "extract.n_steps=30"], tmp_path, check=True)
     for stage in STAGE_DIRS:
         assert json.loads((run_dir / stage / "metrics.json").read_text())["steps"] == 30, stage
-    for stage in ("diffusion_base", "diffusion_expert"):  # continued from their checkpoints, not started afresh
+    for stage, model in shorter.items():  # continued from their checkpoints, not started afresh
         assert not list((run_dir / stage).glob("superseded-*")), stage
+        # the shorter finished model is kept, sealed, readable as a run folder of its own
+        kept = run_dir / stage / f"finished-{steps}-steps"
+        assert (kept / "model.pt").read_bytes() == model and (run_dir / stage / "model.pt").read_bytes() != model
+        assert json.loads((kept / "metrics.json").read_text())["steps"] == steps
+        assert provenance.intact(kept) and load_diffusion_model(kept).info["kind"] == stage.split("_")[1]
+        provenance.check_output(kept / "model.pt", "relreward train-diffusion")
     assert len(list((run_dir / "extract").glob("superseded-*"))) == 1  # made from the shorter models: stale
 
     (run_dir / "extract" / "metrics.json").write_text('{"steps": 30, "final_lo')
