@@ -246,8 +246,9 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_
     holding results (`WORK`) of a run made from something else, or from before records were kept, or whose
     sealed files were changed after it finished, or (given `n_steps`, the override and the steps asked for)
     trained further than asked, is refused with the differences, unless `start_afresh`: then its outputs move to
-    `superseded-<time>/` inside it and the run starts there anew. The claimed folder is unsealed until its stage
-    calls `seal`.
+    `superseded-<time>/` inside it and the run starts there anew. A finished run of the same record asked for more
+    steps keeps a copy of its result in `finished-<steps>-steps/` before its training goes on. The claimed folder is
+    unsealed until its stage calls `seal`.
     """
     run_dir = Path(run_dir)
     found = recorded(run_dir)
