@@ -194,17 +194,14 @@ KEPT_FILES = ("model.pt", "reward.pt", "metrics.json", "plots")
 """What a finished run extended by more steps keeps of itself (not its checkpoint, which the training continues)."""
 
 
-def _keep_finished_run(run_dir: Path, asked: int) -> None:
-    """Before a finished, sealed run is trained on to `asked` steps, copy its result (`KEPT_FILES`) to
-    `finished-<steps>-steps/` in its folder, with its record sealed over the copies, so that the shorter model or
-    reward stays readable as a run folder of its own (``base_model=<folder>/finished-3000-steps``)."""
-    from relreward_cli.training import steps_done
-
+def _keep_finished_run(run_dir: Path, done: int | None, asked: int) -> None:
+    """Before a finished, sealed run at step `done` (its checkpoint's) is trained on to `asked` steps, copy its result
+    (`KEPT_FILES`) to `finished-<done>-steps/` in its folder, with its record sealed over the copies, so that the
+    shorter model or reward stays readable as a run folder of its own (``base_model=<folder>/finished-3000-steps``)."""
+    if done is None or done >= asked:
+        return
     found = _read(run_dir)
     if found is None or not isinstance(found.get(OUTPUTS), dict):  # not finished, or recorded before seals
-        return
-    done = steps_done(Path(run_dir) / "checkpoint.pt")
-    if done is None or done >= asked:
         return
     kept = Path(run_dir) / f"finished-{done}-steps"
     if kept.exists():
@@ -224,16 +221,13 @@ def _keep_finished_run(run_dir: Path, asked: int) -> None:
     log.info("%s: the finished run of %d steps is kept in %s; training on to %d steps.", run_dir, done, kept, asked)
 
 
-def _past_asked_steps(run_dir: Path, n_steps: tuple[str, int] | None) -> str | None:
-    """Why the folder's training cannot give ``n_steps`` = ``(override, steps asked)``: its checkpoint is further
-    on (a run may be extended, never shortened); None when it can."""
-    if n_steps is None:
+def _past_asked_steps(done: int | None, n_steps: tuple[str, int] | None) -> str | None:
+    """Why a folder whose checkpoint is at step `done` cannot give ``n_steps`` = ``(override, steps asked)``: it is
+    further on (a run may be extended, never shortened); None when it can."""
+    if n_steps is None or done is None:
         return None
-    from relreward_cli.training import steps_done
-
     key, asked = n_steps
-    done = steps_done(Path(run_dir) / "checkpoint.pt")
-    if done is None or done <= asked:
+    if done <= asked:
         return None
     return f"{key}={asked}, but the folder's run is at step {done} (ask for at least {done} to continue it)"
 
@@ -250,10 +244,13 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_
     steps keeps a copy of its result in `finished-<steps>-steps/` before its training goes on. The claimed folder is
     unsealed until its stage calls `seal`.
     """
+    from relreward_cli.training import steps_done
+
     run_dir = Path(run_dir)
     found = recorded(run_dir)
     altered = altered_outputs(run_dir)
-    past = None if altered else _past_asked_steps(run_dir, n_steps)  # an altered checkpoint may not even load
+    done = None if altered or n_steps is None else steps_done(run_dir / "checkpoint.pt")  # an altered one may not load
+    past = _past_asked_steps(done, n_steps)
     if (found != current or past or altered) and any((run_dir / name).exists() for name in WORK):
         changes = ([past] if past else []) + altered
         if found != current:
@@ -273,6 +270,6 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_
         log.warning("%s was made from something else (%s); its files moved to %s, starting afresh.", run_dir,
                     "; ".join(changes[:3]), aside)
     elif n_steps is not None:
-        _keep_finished_run(run_dir, n_steps[1])
+        _keep_finished_run(run_dir, done, n_steps[1])
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / PROVENANCE_FILE, {**current, OUTPUTS: None})  # unsealed until the run finishes

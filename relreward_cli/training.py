@@ -95,7 +95,7 @@ def artifact_file(path: Path, name: str) -> Path:
     """The file a stage's artifact is read from: ``path`` itself when it is a file (or names one not made yet, with a
     suffix), else ``path/name`` (``path`` a run folder, made or not)."""
     path = Path(path)
-    return path if path.is_file() else path / name if path.is_dir() or not path.suffix else path
+    return path / name if path.is_dir() or not (path.suffix or path.is_file()) else path
 
 
 def load_checkpoint(path: Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
