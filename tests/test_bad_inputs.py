@@ -225,6 +225,24 @@ def test_a_model_replaced_after_its_run_finished_is_refused_by_the_stages_that_r
         assert not (out / stage / "provenance.json").exists()
 
 
+def test_model_settings_given_to_the_stages_that_load_models_must_match_them(cli, trained, tmp_path):
+    """extract and steer-eval take the horizon, sizes, schedule and normalizer from the models they load: another
+    value on the command line would not act, so it is refused before any work; the models' own values pass."""
+    models = [f"base_model={trained['base']}", f"expert_model={trained['expert']}"]
+    for stage, given, said in (
+            ("extract", ["horizon=16"], "horizon=16 (the models have 8)"),
+            ("steer-eval", [f"reward_model={trained['extract']}", "model.dim_mults=[1,2,4]", "normalizer=gaussian",
+                            "diffusion.clip_denoised=true"],  # the last as the models have it: it passes
+             "model.dim_mults=[1, 2, 4] (the models have [1, 2]), normalizer=gaussian (the models have limits) would")):
+        out = tmp_path / stage
+        proc = cli([stage, *trained["common"], *models, *given, f"hydra.run.dir={out}"], trained["root"])
+        _assert_refused(proc, f"{stage} takes these settings from the models it loads", said, "would not act")
+        assert not (out / "provenance.json").exists()
+    reward = (trained["extract"] / "reward.pt").read_bytes()  # the models' own horizon, given, passes: the finished
+    cli(["extract", *trained["common"], *models, "horizon=8"], trained["root"], check=True)  # extraction is kept
+    assert (trained["extract"] / "reward.pt").read_bytes() == reward
+
+
 def test_extract_refuses_to_reuse_a_reward_of_other_models(cli, trained, tmp_path):
     """The base model changed (here: another run folder's model passed in) since the reward was extracted."""
     other = tmp_path / "other-base"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from relreward_cli.diffusion.artifact import DiffusionSpec
+from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion
 from relreward_cli.errors import UserError
 from relreward_cli.tracking import RunTracker
 from relreward_cli.training import resolve_device, use_deterministic_cuda
@@ -22,6 +23,52 @@ def hydra_run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def command_line_keys() -> set[str]:
+    """The keys this job's command line sets (Hydra's task overrides, ``horizon=48`` -> ``horizon``); empty
+    outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return set()
+    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return {override.key_or_group for override in overrides}
+
+
+MODEL_SETTINGS = {"horizon": "horizon", "use_actions": "use_actions", "model.dim": "dim",
+                  "model.dim_mults": "dim_mults", "diffusion.n_steps": "n_steps", "diffusion.schedule": "schedule",
+                  "diffusion.clip_denoised": "clip_denoised", "diffusion.prediction": "prediction"}
+"""Config keys that shape a diffusion model, with the :class:`DiffusionSpec` field each becomes. A stage that loads
+trained models takes them from the models (and ``normalizer`` from their normalizer), not from its config."""
+
+
+def check_model_settings_not_given(cfg: DictConfig, model: TrainedDiffusion, stage: str) -> None:
+    """Refuse command-line values of :data:`MODEL_SETTINGS` (or ``normalizer``) that differ from ``model``'s:
+    ``relreward extract horizon=48`` on models of horizon 32 would otherwise run at 32 without a word. Values
+    equal to the model's, and those the config brings by default, pass."""
+    given = command_line_keys()
+    model_values = {key: getattr(model.spec, field) for key, field in MODEL_SETTINGS.items() if key in given}
+    if "normalizer" in given:
+        model_values["normalizer"] = model.normalizer.kind
+    differing = []
+    for key, value in model_values.items():
+        asked, value = _as_override(OmegaConf.select(cfg, key)), _as_override(value)
+        if asked != value:
+            differing.append(f"{key}={asked} (the models have {value})")
+    if differing:
+        raise UserError(f"{stage} takes these settings from the models it loads, so the command line's "
+                        f"{', '.join(differing)} would not act. Drop them, or train models with them first "
+                        f"(relreward train-diffusion, or relreward pipeline, with the same overrides) and pass "
+                        f"those (base_model=, expert_model=). Nothing was run.")
+
+
+def _as_override(value: Any) -> str:
+    """A config or spec value as the command line writes it (``[1, 2]``, ``true``)."""
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    value = list(value) if isinstance(value, tuple) else value
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def job_cpus() -> int | None:

@@ -15,6 +15,7 @@ from relreward_cli.reward.trainer import train_reward
 from relreward_cli.stages.common import (
     autocast_dtype,
     batch_size,
+    check_model_settings_not_given,
     config_subset,
     hydra_run_dir,
     log_to,
@@ -68,6 +69,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
+    check_model_settings_not_given(cfg, base, "extract")
     if max(*cfg.extract.eval_t, cfg.extract.report_t) >= base.spec.n_steps:
         raise UserError(f"extract.eval_t={list(cfg.extract.eval_t)}, extract.report_t={cfg.extract.report_t}: the "
                         f"models have {base.spec.n_steps} diffusion "

@@ -23,7 +23,7 @@ from relreward_cli.errors import UserError
 from relreward_cli.planning.evaluation import PLANNERS, REWARD_PLANNERS
 from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.reward.trainer import load_reward_model, reward_file
-from relreward_cli.stages.common import config_subset, hydra_run_dir, torch_device
+from relreward_cli.stages.common import check_model_settings_not_given, config_subset, hydra_run_dir, torch_device
 from relreward_cli.tracking import tracker_from_config
 
 
@@ -71,6 +71,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)
+    check_model_settings_not_given(cfg, base, "steer-eval")
     guide = None
     if set(REWARD_PLANNERS) & set(sc.planners):
         guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
