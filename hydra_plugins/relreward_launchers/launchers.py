@@ -83,4 +83,18 @@ class PlainSlurmLauncher(_PlainFailures, SlurmLauncher):
 
 
 class PlainLocalLauncher(_PlainFailures, LocalLauncher):
-    """`hydra/launcher=local`: submitit's local executor, one process per job."""
+    """`hydra/launcher=local`: submitit's local executor, one process per job.
+
+    A local job counts as done once its process has ended, and it writes its result to this machine's disk before
+    that, so a job that ended without one (a refused config) will never have one: it is told at once, not after
+    the 15 s that submitit waits for a result to appear on a slow shared filesystem."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from submitit.local.local import LocalJob
+
+        waited = LocalJob._results_timeout_s
+        LocalJob._results_timeout_s = 0
+        try:
+            return super().launch(job_overrides, initial_job_idx)
+        finally:
+            LocalJob._results_timeout_s = waited
