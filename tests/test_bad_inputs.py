@@ -84,6 +84,13 @@ def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path,
     assert set(made) <= {"train_diffusion.log", "error.txt"}, made  # Hydra's own files, the log, the reason
 
 
+def test_a_pipeline_on_a_device_this_machine_lacks_is_refused_before_any_data_are_made(cli, tmp_path):
+    proc = cli(["pipeline", "experiment=smoke", f"run_root={tmp_path / 'runs'}", "logger.mode=disabled",
+                "device=tpu"], tmp_path)
+    _assert_refused(proc, "device=tpu is not a device torch knows")
+    assert not (tmp_path / "runs" / "smoke-data").exists()
+
+
 def test_a_plus_override_may_add_env_and_hydra_keys_and_choose_a_config_group():
     """The additions `+` is for pass the check: an env's optional key (read with a default), a launcher's extra
     parameter and a config group without a default; a misspelt top-level key does not."""

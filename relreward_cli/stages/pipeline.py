@@ -26,6 +26,7 @@ from relreward_cli.reward.trainer import REWARD_FILE
 from relreward_cli.stages import extract, steer_eval, train_diffusion
 from relreward_cli.stages.common import apply_threads, hydra_run_dir, torch_device
 from relreward_cli.tracking import print_summary_table, write_json_atomic
+from relreward_cli.training import resolve_device
 
 
 def _finished(run_dir: Path, artifact: str, made_from: dict, evaluation: dict | None = None,
@@ -59,6 +60,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or finish) every stage of the pipeline into ``run_dir``; returns the summary."""
     domain = families.of(cfg)
     domain.check_config(cfg)  # before the folder is touched
+    resolve_device(cfg.device)  # a device this machine lacks, before any data are made
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     # The summary of an earlier attempt (perhaps of other settings) must not sit beside this config until this
