@@ -11,7 +11,6 @@ import errno
 import functools
 import importlib
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +94,11 @@ def holds_finished_run(run_dir: Path) -> bool:
         return False
 
 
+def _reason(err: UserError | OSError) -> str:
+    """The paragraph that tells the user about a refusal or a failure of the machine."""
+    return environment_error(err) if isinstance(err, OSError) else str(err)
+
+
 def report_user_errors(stage_main: Callable) -> Callable:
     """Check the config (:func:`check_config`), then run the stage. A :class:`UserError` raised by either, or a
     failure of the machine (an :class:`OSError`: disk full, a path that is not a folder), becomes one paragraph on
@@ -106,24 +110,34 @@ def report_user_errors(stage_main: Callable) -> Callable:
     @functools.wraps(stage_main)
     def wrapper(cfg):
         from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        from relreward_cli import provenance
 
         hydra_config = HydraConfig.get()
         run_dir = Path(hydra_config.runtime.output_dir)
+        overrides = list(hydra_config.overrides.task)  # this command's, even if another one rewrites .hydra/
         error_file = run_dir / ERROR_FILE
-        with contextlib.suppress(OSError):
-            error_file.unlink(missing_ok=True)
         try:
-            check_config(cfg, hydra_config.overrides.task, hydra_config.runtime.choices)
-            result = stage_main(cfg)
+            # Held, so that another command given this folder meanwhile is refused and writes nothing here.
+            with provenance.held(run_dir):
+                with contextlib.suppress(OSError):
+                    error_file.unlink(missing_ok=True)
+                try:
+                    check_config(cfg, overrides, hydra_config.runtime.choices)
+                    result = stage_main(cfg)
+                except (UserError, OSError) as err:
+                    # A refusal that left a finished run as it was is no failure of it; a read-only or full
+                    # folder keeps no reason (stderr has it).
+                    if not holds_finished_run(run_dir):
+                        with contextlib.suppress(OSError):
+                            error_file.write_text(f"{_reason(err)}\n")
+                    raise
+                with contextlib.suppress(OSError):  # the finished run's own labels, left alone by a later attempt
+                    OmegaConf.save(OmegaConf.create(overrides), run_dir / RUN_OVERRIDES)
         except (UserError, OSError) as err:
-            message = environment_error(err) if isinstance(err, OSError) else str(err)
-            print(f"\nrelreward: error: {message}", file=sys.stderr)
-            if not holds_finished_run(run_dir):  # a refusal that left a finished run as it was is no failure of it
-                with contextlib.suppress(OSError):  # a read-only or full run folder: the message above is enough
-                    error_file.write_text(f"{message}\n")
+            print(f"\nrelreward: error: {_reason(err)}", file=sys.stderr)
             sys.exit(2)
-        with contextlib.suppress(OSError):  # the finished run's own labels, which a later attempt leaves alone
-            shutil.copyfile(run_dir / ".hydra" / "overrides.yaml", run_dir / RUN_OVERRIDES)
         return result
 
     return wrapper

@@ -11,7 +11,8 @@ datasets allow:
 - map correlations (Maze2D): how far the exact log-ratio follows the distance to the goal. A learned reward can
   beat it there (the diffusion models smooth what the classifier does not), so it is a reference, not a bound.
 
-    python scripts/classifier_reference.py runs/goals/pipeline/maze2d_umaze-s0 [--steps 3000] [--threads 1] [--out DIR]
+    python scripts/classifier_reference.py runs/goals/pipeline/maze2d_umaze-s0 [--steps 3000] [--dim N] [--threads 1]
+        [--out DIR]
 
 RUN is a pipeline folder (or an extract folder with its config.yaml next to or above it). Writes
 RUN/classifier_reference/metrics.json and plots (DIR/ with --out), and prints the learned reward's figures beside
@@ -81,6 +82,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=at_least(2), default=128, help="half base, half expert segments")
     parser.add_argument("--lr", type=at_least(1e-12, float), default=1e-3)
     parser.add_argument("--threads", type=at_least(1), default=None)
+    parser.add_argument("--dim", type=at_least(1), default=None,
+                        help="the classifier's base width (default: the reward network's own, so that the reference "
+                             "has its shape; a wider one tells whether that shape limits what it reaches)")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the classifier's metrics and plots (default: RUN/classifier_reference; "
                              "another one keeps a reference made with other settings)")
@@ -90,6 +94,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    settings |= {"dim": args.dim} if args.dim else {}  # a reference of the reward's own shape records none
     config_file, extract_dir = find_run(args.run)
     provenance.check_output(extract_dir / REWARD_FILE, "relreward extract")
     out = args.out or extract_dir.parent / "classifier_reference"
@@ -104,6 +109,7 @@ def main() -> None:
     learned = json.loads((extract_dir / "metrics.json").read_text())
     reward = load_reward_model(extract_dir)
     architecture = load_checkpoint(extract_dir / REWARD_FILE, kind="reward-model")["architecture"]
+    architecture |= {"dim": args.dim} if args.dim else {}
     domain = families.of(cfg)
     data = domain.load_data(cfg, reward)
     net = train_classifier(reward, architecture, data, args.steps, args.batch_size, args.lr, cfg.seed)

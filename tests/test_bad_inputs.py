@@ -250,6 +250,26 @@ def test_model_settings_given_to_the_stages_that_load_models_must_match_them(cli
     assert (trained["extract"] / "reward.pt").read_bytes() == reward
 
 
+def test_a_run_folder_in_use_by_another_process_is_refused_and_left_to_it(cli, trained):
+    """Two commands given one folder (two Maze2D goals under one run_root share folder names): while one runs,
+    the other is refused before any work and writes no reason or labels into the folder; once it ends, the
+    folder is free again and no hold is left behind."""
+    from relreward_cli import provenance
+    from relreward_cli.errors import UserError
+
+    folder, before = trained["base"], _digests(trained["base"])
+    with provenance.held(folder):
+        proc = cli(["train-diffusion", "kind=base", *trained["common"]], trained["root"])
+        _assert_refused(proc, f"{folder} is in use by another relreward process", "Nothing was run")
+        with pytest.raises(UserError, match="is in use by another relreward process"):
+            with provenance.held(folder):
+                pass
+    assert _digests(folder) == before and not (folder / "error.txt").exists()
+    assert not (folder / provenance.HOLD_FILE).exists()
+    cli(["train-diffusion", "kind=base", *trained["common"]], trained["root"], check=True)
+    assert not (folder / provenance.HOLD_FILE).exists()
+
+
 def test_extract_refuses_to_reuse_a_reward_of_other_models(cli, trained, tmp_path):
     """The base model changed (here: another run folder's model passed in) since the reward was extracted."""
     other = tmp_path / "other-base"
