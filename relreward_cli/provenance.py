@@ -271,10 +271,10 @@ def _lock(path: Path) -> IO[str] | None:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise UserError(f"{path.parent} is in use by another relreward process that is still running (its log "
-                              "is in the folder): two runs in one folder would move aside or overwrite each other's "
-                              "files. Wait for it to end, or give this run a folder of its own (run_root=, name= or "
-                              "hydra.run.dir=). Nothing was run; the run in progress keeps its files.") from None
+            raise UserError(f"{path.parent} is in use by another relreward process that is still running (its log is "
+                            "in the folder): two runs in one folder would move aside or overwrite each other's files. "
+                            "Wait for it to end, or give this run a folder of its own (run_root=, name= or "
+                            "hydra.run.dir=). Nothing was run; the run in progress keeps its files.") from None
         except OSError as err:
             handle.close()
             log.debug("%s cannot be locked on this filesystem (%s); running unheld", path, err)

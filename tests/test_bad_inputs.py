@@ -261,9 +261,8 @@ def test_a_run_folder_in_use_by_another_process_is_refused_and_left_to_it(cli, t
     with provenance.held(folder):
         proc = cli(["train-diffusion", "kind=base", *trained["common"]], trained["root"])
         _assert_refused(proc, f"{folder} is in use by another relreward process", "Nothing was run")
-        with pytest.raises(UserError, match="is in use by another relreward process"):
-            with provenance.held(folder):
-                pass
+        with pytest.raises(UserError, match="is in use by another relreward process"), provenance.held(folder):
+            pass
     assert _digests(folder) == before and not (folder / "error.txt").exists()
     assert not (folder / provenance.HOLD_FILE).exists()
     cli(["train-diffusion", "kind=base", *trained["common"]], trained["root"], check=True)
