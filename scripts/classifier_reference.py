@@ -59,8 +59,9 @@ def train_classifier(reward: TrainedReward, architecture: dict, data, n_steps: i
     balanced batch; returns it in eval mode."""
     architecture = dict(architecture)
     cls = reward_network(reward.spec.network, architecture.pop("kind", "default"))
+    generator = seed_everything(seed)  # first: the network's initial weights come from the seeded global RNG
     net = cls(reward.spec.horizon, reward.spec.transition_dim, **architecture)
-    optimizer, generator = adam(net.parameters(), lr), seed_everything(seed)
+    optimizer = adam(net.parameters(), lr)
     half = batch_size // 2
     labels = torch.cat([torch.zeros(half), torch.ones(half)])
     for step in range(1, n_steps + 1):

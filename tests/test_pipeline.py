@@ -316,6 +316,12 @@ def test_classifier_reference_scores_a_classifier_as_the_reward_is_scored(pipeli
         assert 0.0 <= metrics[f"accuracy/t{t}"] <= 1.0 and -1.0 <= metrics[f"pearson/t{t}"] <= 1.0
     assert not (run_dir / "classifier_reference").exists()  # --out kept the default folder free
     assert "accuracy, classifier" in proc.stdout
+    twin = subprocess.run([sys.executable, str(script), str(run_dir), "--steps", "5", "--threads", "1", "--out",
+                           str(tmp_path / "twin")], capture_output=True, text=True, timeout=300)
+    assert twin.returncode == 0, twin.stderr[-2000:]  # one seed, one thread count: the same numbers
+    twin_metrics = json.loads((tmp_path / "twin" / "metrics.json").read_text())
+    figures = {key for key, value in metrics.items() if isinstance(value, float)}
+    assert len(figures) > 10 and {key: twin_metrics[key] for key in figures} == {key: metrics[key] for key in figures}
     before = (out / "metrics.json").read_bytes()
     again = subprocess.run([sys.executable, str(script), str(run_dir), "--steps", "6", "--threads", "1", "--out",
                             str(out)], capture_output=True, text=True, timeout=300)
