@@ -14,7 +14,6 @@ made (`ADDED_SETTINGS`), so upgrading relreward does not retrain what it already
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -244,7 +243,8 @@ def held(run_dir: Path) -> Iterator[None]:
 
     The hold is an exclusive `flock` of `run_dir/.in-use`. The operating system lets go of it when the process
     ends however it ends (a killed run leaves no stale hold, at most the empty file, which the next run takes). On a
-    filesystem without locks the block runs unheld."""
+    filesystem or system without locks the block runs unheld. (The datasets of an env have a lock of their own,
+    :func:`relreward_cli.families.trajectory.data_root_lock`, which waits instead of refusing.)"""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = _lock(run_dir / HOLD_FILE)
@@ -261,6 +261,10 @@ def _lock(path: Path) -> IO[str] | None:
     """`path` opened and exclusively locked (the caller closes it to let go); None where it cannot be (a read-only
     folder, which the stage then meets and names, or a filesystem without locks). Raises :class:`UserError` while
     another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locks
+        return None
     while True:
         try:
             handle = open(path, "a")  # noqa: SIM115 (kept open while held)
