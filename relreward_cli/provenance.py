@@ -18,13 +18,13 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from relreward_cli import locks
 from relreward_cli.errors import UserError
 from relreward_cli.tracking import write_json_atomic
 
@@ -235,58 +235,18 @@ def _past_asked_steps(done: int | None, n_steps: tuple[str, int] | None) -> str 
     return f"{key}={asked}, but the folder's run is at step {done} (ask for at least {done} to continue it)"
 
 
-@contextlib.contextmanager
-def held(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir` for this process while the block runs: another process asking for it meanwhile (a second
-    command given the same folder, e.g. two Maze2D goals under one `run_root`, whose folder names do not differ) is
-    refused (:class:`UserError`) instead of moving aside or overwriting the files of the run in progress.
-
-    The hold is an exclusive `flock` of `run_dir/.in-use`. The operating system lets go of it when the process
-    ends however it ends (a killed run leaves no stale hold, at most the empty file, which the next run takes). On a
-    filesystem or system without locks the block runs unheld. (The datasets of an env have a lock of their own,
-    :func:`relreward_cli.families.trajectory.data_root_lock`, which waits instead of refusing.)"""
+def held(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold `run_dir` for this process while the block runs (:func:`relreward_cli.locks.exclusive` of
+    `run_dir/.in-use`, which the system drops when the process ends): another process asking for it meanwhile (a
+    second command given the same folder, e.g. two Maze2D goals under one `run_root`, whose folder names do not
+    differ) is refused (:class:`UserError`) instead of moving aside or overwriting the files of the run in progress."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = _lock(run_dir / HOLD_FILE)
-    try:
-        yield
-    finally:
-        if handle is not None:
-            with contextlib.suppress(OSError):
-                (run_dir / HOLD_FILE).unlink()  # first, so that the next holder locks a new file, not this one
-            handle.close()
-
-
-def _lock(path: Path) -> IO[str] | None:
-    """`path` opened and exclusively locked (the caller closes it to let go); None where it cannot be (a read-only
-    folder, which the stage then meets and names, or a filesystem without locks). Raises :class:`UserError` while
-    another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locks
-        return None
-    while True:
-        try:
-            handle = open(path, "a")  # noqa: SIM115 (kept open while held)
-        except OSError as err:
-            log.debug("%s cannot be written (%s); running unheld", path, err)
-            return None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise UserError(f"{path.parent} is in use by another relreward process that is still running (its log is "
-                            "in the folder): two runs in one folder would move aside or overwrite each other's files. "
-                            "Wait for it to end, or give this run a folder of its own (run_root=, name= or "
-                            "hydra.run.dir=). Nothing was run; the run in progress keeps its files.") from None
-        except OSError as err:
-            handle.close()
-            log.debug("%s cannot be locked on this filesystem (%s); running unheld", path, err)
-            return None
-        with contextlib.suppress(FileNotFoundError):  # its last holder may have removed it after it was opened
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-                return handle
-        handle.close()
+    in_use = UserError(f"{run_dir} is in use by another relreward process that is still running (its log is in the "
+                       "folder): two runs in one folder would move aside or overwrite each other's files. Wait for it "
+                       "to end, or give this run a folder of its own (run_root=, name= or hydra.run.dir=). Nothing "
+                       "was run; the run in progress keeps its files.")
+    return locks.exclusive(run_dir / HOLD_FILE, busy=in_use)
 
 
 def claim(run_dir: Path, current: Mapping[str, Any], *, start_afresh: bool, how_to_start_afresh: str,

@@ -4,9 +4,9 @@ out in the simulator."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from relreward_cli import locks
 from relreward_cli.data.generate_maze import read_dataset_metadata
 from relreward_cli.data.pairs import SegmentPair, load_segment_pair
 from relreward_cli.data.sources import dataset_path, load_episodes, split_source
@@ -34,23 +35,12 @@ from relreward_cli.stages.common import data_root
 from relreward_cli.tracking import RunTracker
 
 
-@contextmanager
-def data_root_lock(root: Path, env_name: str):
-    """Hold an exclusive lock on the data of one env under the data root, so the jobs of a sweep that start
-    together (several seeds of one env) do not generate the same dataset at once: the first writes it, the
-    others find it. Other envs write other datasets, so they generate side by side."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
+def data_root_lock(root: Path, env_name: str) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on the data of one env under the data root, so the jobs of a sweep that start together
+    (several seeds of one env) do not generate the same dataset at once: the first writes it, the others wait and
+    find it. Other envs write other datasets, so they generate side by side."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".make-dataset-{env_name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return locks.exclusive(root / f".make-dataset-{env_name}.lock")
 
 
 def one_writer_at_a_time(method):
