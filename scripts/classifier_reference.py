@@ -11,7 +11,7 @@ datasets allow:
 - map correlations (Maze2D): how far the exact log-ratio follows the distance to the goal. A learned reward can
   beat it there (the diffusion models smooth what the classifier does not), so it is a reference, not a bound.
 
-    python scripts/classifier_reference.py runs/goals/pipeline/maze2d_umaze-s0 [--steps 3000] [--dim N] [--threads 1]
+    python scripts/classifier_reference.py runs/pipeline/maze2d_umaze-r3c1-s0 [--steps 3000] [--dim N] [--threads 1]
         [--out DIR]
 
 RUN is a pipeline folder (or an extract folder with its config.yaml next to or above it). Writes

@@ -115,9 +115,9 @@ def trained(tmp_path_factory, smoke_data, cli):
         cli(["train-diffusion", f"kind={kind}", *common], root, check=True)
     cli(["extract", *common], root, check=True)
     runs = root / "runs"
-    return {"root": root, "common": common, "base": runs / "train-diffusion" / "smoke-maze2d_umaze-s0-base",
-            "expert": runs / "train-diffusion" / "smoke-maze2d_umaze-s0-expert",
-            "extract": runs / "extract" / "smoke-maze2d_umaze-s0"}
+    return {"root": root, "common": common, "base": runs / "train-diffusion" / "smoke-maze2d_umaze-r1c1-s0-base",
+            "expert": runs / "train-diffusion" / "smoke-maze2d_umaze-r1c1-s0-expert",
+            "extract": runs / "extract" / "smoke-maze2d_umaze-r1c1-s0"}
 
 
 @pytest.mark.parametrize(("overrides", "differs"), [
@@ -135,7 +135,7 @@ def test_rerun_with_other_settings_refuses_and_changes_nothing(cli, trained, ove
 def test_overwrite_sets_the_stale_run_aside_and_starts_afresh(cli, smoke_data, tmp_path):
     common = [*smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled"]
     cli(["train-diffusion", "kind=base", *common], tmp_path, check=True)
-    run = tmp_path / "runs" / "train-diffusion" / "smoke-maze2d_umaze-s0-base"
+    run = tmp_path / "runs" / "train-diffusion" / "smoke-maze2d_umaze-r1c1-s0-base"
     old_model = (run / "model.pt").read_bytes()
     cli(["train-diffusion", "kind=base", *common, "train.lr=0.01", "overwrite=true"], tmp_path, check=True)
     (aside,) = run.glob("superseded-*")
@@ -284,8 +284,23 @@ def test_steer_eval_refuses_models_of_another_env_before_any_rollout(cli, traine
     proc = cli(["steer-eval", *trained["common"], "env=maze2d_medium", f"base_model={trained['base']}",
                 f"expert_model={trained['expert']}", f"reward_model={trained['extract']}",
                 f"hydra.run.dir={tmp_path / 'eval'}"], trained["root"])
-    _assert_refused(proc, "env=maze2d_medium, but the base model", "on maze2d_umaze", "Nothing was rolled out")
+    _assert_refused(proc, "env=maze2d_medium, but the base model", "on maze2d_umaze", "Nothing was run")
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("stage", ["extract", "steer-eval"])
+def test_models_of_another_goal_are_refused_by_the_stages_that_score_them(cli, trained, tmp_path, stage):
+    """Models trained for goal (1, 1) given to a run of goal (3, 1): the stage would score them against the other
+    goal's distances (extract) or success (steer-eval), so it is refused before any work."""
+    out = tmp_path / "run"
+    reward = [f"reward_model={trained['extract']}"] if stage == "steer-eval" else []
+    proc = cli([stage, *trained["common"], "env.goal_cell=[3,1]", f"base_model={trained['base']}",
+                f"expert_model={trained['expert']}", *reward, f"hydra.run.dir={out}"], trained["root"])
+    _assert_refused(proc, f"The base model {trained['base'] / 'model.pt'} was made from the datasets "
+                          "generated:relreward/pointmaze-umaze/base-r1c1-v0",
+                    "this config's env reads generated:relreward/pointmaze-umaze/base-r3c1-v0", "env.goal_cell",
+                    "Nothing was run")
+    assert not (out / "metrics.json").exists() and not (out / "reward.pt").exists()
 
 
 def test_data_of_another_env_is_refused_before_training(cli, smoke_data, tmp_path):
@@ -387,6 +402,7 @@ def test_a_goal_the_expert_data_were_not_made_for_is_refused_before_work(cli, tr
     """The smoke data's expert went to cell (1, 1): scoring the reward against another goal would be meaningless."""
     default_goal_data = "env.expert_data=generated:relreward/pointmaze-umaze/expert-r1c1-v0"  # named explicitly
     proc = cli(["extract", *trained["common"], "env.goal_cell=[3,1]", default_goal_data,
+                f"base_model={trained['base']}", f"expert_model={trained['expert']}",
                 f"hydra.run.dir={tmp_path / 'x'}"], trained["root"])
     _assert_refused(proc, "env.goal_cell=[3, 1], but the expert data", "were made for the goal [1, 1]",
                     "env.goal_cell=[1, 1]")

@@ -12,7 +12,7 @@ from relreward_cli.data.sources import load_episodes
 from relreward_cli.diffusion.artifact import load_diffusion_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SMOKE_NAME = "smoke-maze2d_umaze-s0"
+SMOKE_NAME = "smoke-maze2d_umaze-r1c1-s0"
 
 
 def _is_png(path) -> bool:
@@ -61,7 +61,7 @@ def test_config_typo_fails_with_hydras_message(cli, tmp_path):
 def test_make_dataset_writes_minari_datasets_and_reuses_them(cli, smoke_data, tmp_path):
     assert smoke_data.process.returncode == 0
     assert "AdroitHand" not in smoke_data.process.stderr  # gymnasium-robotics' import-time notice is dropped
-    summary = json.loads((smoke_data.root / "runs" / "make-dataset" / "maze2d_umaze" / "metrics.json").read_text())
+    summary = json.loads((smoke_data.root / "runs" / "make-dataset" / "maze2d_umaze-r1c1" / "metrics.json").read_text())
     assert summary["base/status"] == summary["expert/status"] == "written"
     assert (summary["base/steps"], summary["expert/steps"]) == (2 * 120, 3 * 60)
 

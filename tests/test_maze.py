@@ -167,3 +167,26 @@ def test_the_open_arena_breaks_path_ties_at_random_in_its_own_dataset_version():
     assert arena.env.expert_data.endswith("-v1") and arena.env.base_data.endswith("-v1")
     assert generation(umaze, "expert", umaze.env.generate.expert, seed=1).path_ties == "first"
     assert umaze.env.expert_data.endswith("-v0")
+
+
+def test_each_goal_of_a_maze_has_run_folders_of_its_own():
+    """Run folder names carry the goal (the datasets' ids do too), so that running a second goal of one maze by hand
+    neither sets the first goal's run aside nor reuses it; envs without goals keep the plain env name."""
+    from hydra import compose, initialize_config_dir
+
+    from relreward_cli.cli import CONFIG_DIR
+
+    def run_dirs(stage: str, overrides: list[str]) -> str:
+        cfg = compose(stage, overrides, return_hydra_config=True)
+        return cfg.hydra.run.dir
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        assert run_dirs("pipeline", []) == "runs/pipeline/maze2d_umaze-r1c1-s0"
+        assert run_dirs("pipeline", ["env.goal_cell=[3,1]", "seed=2"]) == "runs/pipeline/maze2d_umaze-r3c1-s2"
+        assert run_dirs("train_diffusion", ["env=maze2d_medium", "env.goal_cell=[3,4]", "experiment=smoke"]) \
+            == "runs/train-diffusion/smoke-maze2d_medium-r3c4-s0-base"
+        assert run_dirs("make_dataset", ["env=maze2d_large", "env.goal_cell=[5,4]"]) \
+            == "runs/make-dataset/maze2d_large-r5c4"
+        steer = compose("steer_eval", ["env.goal_cell=[1,2]"])
+        assert steer.pipeline_dir == "runs/pipeline/maze2d_umaze-r1c2-s0"
+        assert run_dirs("pipeline", ["env=hopper"]) == "runs/pipeline/hopper-s0"

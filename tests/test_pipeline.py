@@ -37,7 +37,7 @@ def pipeline_run(smoke_data, tmp_path_factory, cli):
     run_root = tmp_path_factory.mktemp("pipeline") / "runs"
     proc = cli(["pipeline", *smoke_data.overrides(run_root), "logger.mode=disabled"], run_root.parent,
                    check=True)
-    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-r1c1-s0"
     return run_root, run_dir, json.loads((run_dir / "metrics.json").read_text()), proc.stdout
 
 
@@ -176,15 +176,15 @@ def test_files_changed_after_their_stage_finished_are_not_reused(pipeline_run, s
 
 
 def test_regenerated_data_reruns_every_stage_made_from_it(smoke_data, tmp_path, cli):
-    """New datasets for another goal (`make-dataset overwrite=true`): the pipeline for that goal trains both models
-    and extracts again (they were made from the old data), instead of reporting the old goal's results."""
+    """New datasets in place of the old (`make-dataset overwrite=true` with another generation seed): the pipeline
+    trains both models and extracts again (they were made from the old data), instead of reporting old results."""
     run_root = tmp_path / "runs"
     common = ["experiment=smoke", f"run_root={run_root}", f"data_dir={tmp_path / 'data'}", "device=cpu",
               "logger.mode=disabled"]
     cli(["pipeline", *common], tmp_path, check=True)
-    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
-    cli(["make-dataset", *common, "env.goal_cell=[3,1]", "overwrite=true"], tmp_path, check=True)
-    proc = cli(["pipeline", *common, "env.goal_cell=[3,1]"], tmp_path, check=True)
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-r1c1-s0"
+    cli(["make-dataset", *common, "env.generate.seed=1", "overwrite=true"], tmp_path, check=True)
+    proc = cli(["pipeline", *common, "env.generate.seed=1"], tmp_path, check=True)
     for stage in ("diffusion_base", "diffusion_expert", "extract"):
         assert len(list((run_dir / stage).glob("superseded-*"))) == 1, stage
     assert "made from something else" in proc.stdout + proc.stderr
@@ -336,7 +336,7 @@ def test_other_evaluation_settings_evaluate_a_finished_extraction_again(smoke_da
     run_root = tmp_path / "runs"
     common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
     cli(["pipeline", *common], tmp_path, check=True)
-    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-r1c1-s0"
     reward, model = (run_dir / "extract" / "reward.pt").read_bytes(), (run_dir / "diffusion_base" / "model.pt")
     model_mtime = model.stat().st_mtime_ns
     first = json.loads((run_dir / "extract" / "metrics.json").read_text())
@@ -369,7 +369,7 @@ def test_more_steps_extend_a_finished_pipeline_and_a_damaged_summary_is_written_
     run_root = tmp_path / "runs"
     common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
     cli(["pipeline", *common], tmp_path, check=True)
-    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-r1c1-s0"
     shorter = {stage: (run_dir / stage / "model.pt").read_bytes() for stage in ("diffusion_base", "diffusion_expert")}
     steps = json.loads((run_dir / "diffusion_base" / "metrics.json").read_text())["steps"]
     cli(["pipeline", *common, "train.n_steps=30", "extract.n_steps=30"], tmp_path, check=True)
@@ -400,7 +400,7 @@ def test_an_interrupted_rerun_is_one_line_and_leaves_no_summary_of_the_earlier_r
     run_root = tmp_path / "runs"
     common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
     cli(["pipeline", *common], tmp_path, check=True)
-    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-s0"
+    run_dir = run_root / "pipeline" / "smoke-maze2d_umaze-r1c1-s0"
     # Ctrl-C as a terminal delivers it, whatever the test runner's own SIGINT: a runner started in the background by
     # a non-interactive shell ignores SIGINT, and its children would inherit that.
     proc = subprocess.Popen([*_cli_command(), "pipeline", *common, "train.lr=0.001", "train.n_steps=1000000"],

@@ -207,12 +207,12 @@ def test_minari_reference_scores_win_over_d4rl(smoke_data, tmp_path):
 def test_steer_eval_end_to_end_with_smoke_models(smoke_data, run_root, cli):
     overrides = [*smoke_data.overrides(run_root), "train.n_steps=2", "extract.n_steps=2"]
     cli(["pipeline", *overrides, "logger.mode=disabled", "pipeline.steer=true"], cwd=run_root, check=True)
-    pipeline = json.loads((run_root / "pipeline" / "smoke-maze2d_umaze-s0" / "metrics.json").read_text())
+    pipeline = json.loads((run_root / "pipeline" / "smoke-maze2d_umaze-r1c1-s0" / "metrics.json").read_text())
     planners = ("base", "guided", "ranked", "guided_ranked", "expert")
     assert {"guided/score_mean", "guided_ranked/success_rate", "seconds/steer-eval"} <= pipeline.keys()
     proc = cli(["steer-eval", *overrides, "logger.mode=offline", "steer.sampler=ddim"], cwd=run_root, check=True)
     assert all(word in proc.stdout for word in ("guided_ranked", "normalized", "vs base", "flipped")), proc.stdout
-    run_dir = run_root / "steer-eval" / "smoke-maze2d_umaze-s0"
+    run_dir = run_root / "steer-eval" / "smoke-maze2d_umaze-r1c1-s0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {metrics[f"{name}/episodes"] for name in planners} == {2}
     assert 0.0 <= metrics["guided/success_rate"] <= 1.0 and "D4RL maze2d-umaze" in metrics["score_reference"]

@@ -64,6 +64,33 @@ def check_model_settings_not_given(cfg: DictConfig, model: TrainedDiffusion, sta
                         f"those (base_model=, expert_model=). Nothing was run.")
 
 
+def check_models_fit_the_env(cfg: DictConfig, base: TrainedDiffusion, expert: TrainedDiffusion,
+                             reward: Any = None) -> None:
+    """Before any work: ``base``, ``expert`` (and ``reward``, a :class:`TrainedReward`) were made for ``cfg.env``:
+    trained on that env (their recorded ``env``) and on its two datasets (``env.base_data``, ``env.expert_data``;
+    for Maze2D, the goal's). The stage evaluates in the env its config describes, so models of another env or
+    goal would be scored against the wrong ground truth."""
+    models = {"base model": base, "expert model": expert, **({"reward": reward} if reward is not None else {})}
+    env = cfg.env.name
+    others = {name: model.info.get("env") for name, model in models.items() if model.info.get("env") not in (None, env)}
+    if others:
+        listed = ", ".join(f"the {name} {models[name].path} on {trained}" for name, trained in others.items())
+        raise UserError(f"env={env}, but {listed}. Evaluate them in their own env (env=<that env>), or pass models "
+                        f"trained on {env} (base_model=, expert_model=, reward_model=). Nothing was run.")
+    wanted = {"base": cfg.env.get("base_data"), "expert": cfg.env.get("expert_data")}
+    if None in wanted.values():  # an env without datasets of its own (two pretrained models)
+        return
+    for name, model in models.items():
+        trained_on = model.info.get("sources")
+        if trained_on is not None and dict(trained_on) != wanted:
+            raise UserError(
+                f"The {name} {model.path} was made from the datasets {trained_on['base']} and "
+                f"{trained_on['expert']}, but this config's env reads {wanted['base']} and {wanted['expert']} "
+                "(env.base_data, env.expert_data; for Maze2D they follow env.goal_cell), so it would be scored "
+                "against another env's ground truth. Give the env settings the models were trained with (e.g. "
+                "env.goal_cell=...), or pass models trained on these datasets. Nothing was run.")
+
+
 def _as_override(value: Any) -> str:
     """A config or spec value as the command line writes it (``[1, 2]``, ``true``)."""
     value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

@@ -16,6 +16,7 @@ from relreward_cli.stages.common import (
     autocast_dtype,
     batch_size,
     check_model_settings_not_given,
+    check_models_fit_the_env,
     config_subset,
     hydra_run_dir,
     log_to,
@@ -66,16 +67,17 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
         raise UserError(f"base_model and expert_model are one model ({same}): the relative reward of a model over "
                         "itself is zero everywhere. Pass the base and the expert models trained on the two datasets. "
                         "Nothing was run.")
+    domain = families.of(cfg)
+    domain.check_config(cfg)
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
     check_model_settings_not_given(cfg, base, "extract")
+    check_models_fit_the_env(cfg, base, expert)
     if max(*cfg.extract.eval_t, cfg.extract.report_t) >= base.spec.n_steps:
         raise UserError(f"extract.eval_t={list(cfg.extract.eval_t)}, extract.report_t={cfg.extract.report_t}: the "
                         f"models have {base.spec.n_steps} diffusion "
                         f"steps, so every time must be below {base.spec.n_steps}. Nothing was run.")
-    domain = families.of(cfg)
-    domain.check_config(cfg)
     ec = cfg.extract
     provenance.claim(run_dir, made_from(cfg, base_model, expert_model, device), start_afresh=start_afresh,
                      how_to_start_afresh="overwrite=true", n_steps=("extract.n_steps", ec.n_steps))

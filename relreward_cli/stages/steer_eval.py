@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 
 from relreward_cli import families, provenance
 from relreward_cli.diffusion.artifact import (
-    TrainedDiffusion,
     check_compatible,
     load_diffusion_model,
     model_file,
@@ -23,23 +22,14 @@ from relreward_cli.errors import UserError
 from relreward_cli.planning.evaluation import PLANNERS, REWARD_PLANNERS
 from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.reward.trainer import load_reward_model, reward_file
-from relreward_cli.stages.common import check_model_settings_not_given, config_subset, hydra_run_dir, torch_device
+from relreward_cli.stages.common import (
+    check_model_settings_not_given,
+    check_models_fit_the_env,
+    config_subset,
+    hydra_run_dir,
+    torch_device,
+)
 from relreward_cli.tracking import tracker_from_config
-
-
-def check_models_fit_the_env(env: str, base: TrainedDiffusion, expert: TrainedDiffusion, reward=None) -> None:
-    """Before any rollout: the models were trained on `env` (their recorded env), and the reward was extracted in
-    the base model's space (shapes, schedule, normalizer)."""
-    models = {"base model": base, "expert model": expert, **({"reward": reward} if reward is not None else {})}
-    others = {name: model.info.get("env") for name, model in models.items() if model.info.get("env") not in (None, env)}
-    if others:
-        listed = ", ".join(f"the {name} {models[name].path} on {trained}" for name, trained in others.items())
-        raise UserError(f"env={env}, but {listed}. Evaluate them in their own env (env=<that env>), or pass models "
-                        f"trained on {env} (base_model=, expert_model=, reward_model=). Nothing was rolled out.")
-    if reward is not None and (problems := space_mismatches(base, reward, ("base model", "reward"))):
-        raise UserError(f"The reward {reward.path} was not extracted in the base model {base.path}'s space: "
-                        f"{'; '.join(problems)}. Pass the reward extracted from this base model (reward_model=...). "
-                        "Nothing was rolled out.")
 
 
 def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, reward_model: Path) -> dict:
@@ -68,6 +58,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
         provenance.check_output(model_file(model), "relreward train-diffusion")
     if set(REWARD_PLANNERS) & set(sc.planners):
         provenance.check_output(reward_file(reward_model), "relreward extract")
+    domain.check_config(cfg)
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)
@@ -80,8 +71,11 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
         raise UserError(f"steer.t_stopgrad={sc.t_stopgrad}, but the base model has {base.spec.n_steps} diffusion "
                         "steps: guidance acts only at steps t >= t_stopgrad, so it would never act. Lower "
                         "steer.t_stopgrad, or set steer.scale=0. Nothing was rolled out.")
-    check_models_fit_the_env(cfg.env.name, base, expert, guide.reward if guide else None)
-    domain.check_config(cfg)
+    check_models_fit_the_env(cfg, base, expert, guide.reward if guide else None)
+    if guide is not None and (problems := space_mismatches(base, guide.reward, ("base model", "reward"))):
+        raise UserError(f"The reward {guide.reward.path} was not extracted in the base model {base.path}'s space: "
+                        f"{'; '.join(problems)}. Pass the reward extracted from this base model (reward_model=...). "
+                        "Nothing was rolled out.")
     provenance.claim(run_dir, made_from(cfg, base_model, expert_model, reward_model), start_afresh=start_afresh,
                      how_to_start_afresh="overwrite=true")
     with tracker_from_config(cfg, run_dir, "steer-eval", group) as tracker:
