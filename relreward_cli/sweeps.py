@@ -137,6 +137,7 @@ def job_config_problems(config_name: str, overrides: list[str], config_dir: Path
         print(f"relreward: checking the configs of the sweep's {len(jobs)} jobs before starting any (a fraction of a "
               "second each)", file=sys.stderr)
     refused: dict[str, list[str]] = {}
+    stage = importlib.import_module(f"relreward_cli.stages.{config_name}")
     with initialize_config_dir(str(config_dir.resolve()), version_base=None):
         for job in jobs:
             try:
@@ -150,6 +151,7 @@ def job_config_problems(config_name: str, overrides: list[str], config_dir: Path
                 continue
             try:
                 check_config(cfg, job, groups)
+                stage.check_settings(cfg, {item.split("=", 1)[0].lstrip("+~") for item in job})
                 families.of(cfg).check_config(cfg)
             except OSError:  # an unreadable data folder, say: the job itself reports it
                 continue

@@ -78,10 +78,13 @@ def _assert_refused(proc, *message: str) -> None:
 ])
 def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path, overrides, message):
     run_root = tmp_path / "runs"
-    proc = cli(["train-diffusion", *smoke_data.overrides(run_root), "logger.mode=disabled", *overrides], tmp_path)
+    # train-diffusion refuses settings it does not read before checking their values; the pipeline reads them all
+    stage = "pipeline" if any(key.lstrip("+").startswith(("extract.", "steer.")) for key in overrides) \
+        else "train-diffusion"
+    proc = cli([stage, *smoke_data.overrides(run_root), "logger.mode=disabled", *overrides], tmp_path)
     _assert_refused(proc, *((message,) if isinstance(message, str) else message), "nothing was run")
     made = [path.name for path in run_root.rglob("*") if path.is_file() and ".hydra" not in path.parts]
-    assert set(made) <= {"train_diffusion.log", "error.txt"}, made  # Hydra's own files, the log, the reason
+    assert set(made) <= {"train_diffusion.log", "pipeline.log", "error.txt"}, made  # Hydra's files, the log, the reason
 
 
 def test_a_pipeline_on_a_device_this_machine_lacks_is_refused_before_any_data_are_made(cli, tmp_path):
@@ -250,8 +253,29 @@ def test_model_settings_given_to_the_stages_that_load_models_must_match_them(cli
     assert (trained["extract"] / "reward.pt").read_bytes() == reward
 
 
+def test_settings_a_stage_does_not_read_are_refused(cli, trained, tmp_path):
+    """A setting given to a stage that never reads it would not act (`train-diffusion extract.n_steps=5` trains as
+    if it had not been given), so it is refused before any work, naming the stage that reads it; steer-eval takes
+    the reward's sizes from the reward it loads, as extract takes the models'."""
+    models = [f"base_model={trained['base']}", f"expert_model={trained['expert']}",
+              f"reward_model={trained['extract']}"]
+    for stage, given, said in (
+            (["train-diffusion", "kind=base"], ["extract.n_steps=5", "steer.scale=2"],
+             ["train-diffusion does not read extract.n_steps (read by extract), steer.scale (read by steer-eval)"]),
+            (["make-dataset"], ["model.dim=16"], ["make-dataset does not read model.dim (read by train-diffusion)"]),
+            (["pipeline"], ["steer.scale=2"],
+             ["pipeline does not read steer.scale (read by steer-eval)", "only with pipeline.steer=true"]),
+            (["steer-eval", *models], ["train.lr=0.1"],
+             ["steer-eval does not read train.lr (read by train-diffusion)"]),
+            (["steer-eval", *models], ["reward.dim=16"], ["reward.dim=16 (the models have 8) would not act"])):
+        out = tmp_path / stage[0]
+        proc = cli([*stage, *trained["common"], *given, f"hydra.run.dir={out}"], trained["root"])
+        _assert_refused(proc, *said, "Nothing was run")
+        assert not (out / "provenance.json").exists() and not (out / "metrics.json").exists()
+
+
 def test_a_run_folder_in_use_by_another_process_is_refused_and_left_to_it(cli, trained):
-    """Two commands given one folder (two Maze2D goals under one run_root share folder names): while one runs,
+    """Two commands given one folder (two horizons run by hand under one run_root share folder names): while one runs,
     the other is refused before any work and writes no reason or labels into the folder; once it ends, the
     folder is free again and no hold is left behind."""
     from relreward_cli import provenance

@@ -205,8 +205,9 @@ def test_minari_reference_scores_win_over_d4rl(smoke_data, tmp_path):
 
 
 def test_steer_eval_end_to_end_with_smoke_models(smoke_data, run_root, cli):
-    overrides = [*smoke_data.overrides(run_root), "train.n_steps=2", "extract.n_steps=2"]
-    cli(["pipeline", *overrides, "logger.mode=disabled", "pipeline.steer=true"], cwd=run_root, check=True)
+    overrides = smoke_data.overrides(run_root)
+    cli(["pipeline", *overrides, "train.n_steps=2", "extract.n_steps=2", "logger.mode=disabled", "pipeline.steer=true"],
+        cwd=run_root, check=True)
     pipeline = json.loads((run_root / "pipeline" / "smoke-maze2d_umaze-r1c1-s0" / "metrics.json").read_text())
     planners = ("base", "guided", "ranked", "guided_ranked", "expert")
     assert {"guided/score_mean", "guided_ranked/success_rate", "seconds/steer-eval"} <= pipeline.keys()

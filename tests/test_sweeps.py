@@ -188,6 +188,14 @@ def test_a_job_whose_config_cannot_work_refuses_the_sweep_before_any_job(cli, tm
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
+def test_a_setting_the_stage_does_not_read_refuses_the_sweep_before_any_job(cli, tmp_path):
+    proc = cli(["train-diffusion", "--multirun", "experiment=smoke", "logger.mode=disabled", "kind=base,expert",
+                "extract.n_steps=5", f"run_root={tmp_path / 'runs'}", f"data_dir={tmp_path / 'data'}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "- every job: train-diffusion does not read extract.n_steps (read by extract)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("env=maze2d_umaze,maze2d_huge", "Could not find 'env/maze2d_huge'"),
     ("hydra/launcher=slurmm", "Could not find 'hydra/launcher/slurmm'"),

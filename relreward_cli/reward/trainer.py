@@ -6,7 +6,7 @@ the shared normalizer and the diffusion spec of the pair it was extracted from.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class TrainedReward:
     info: dict[str, Any]
     path: Path
     target: str = "score"  # what its gradient was fitted to (`reward.extraction.TARGETS`)
+    architecture: dict[str, Any] = field(default_factory=dict)  # what it was built with: kind, dim, dim_mults
 
 
 def reward_file(path: Path) -> Path:
@@ -54,14 +55,14 @@ def load_reward_model(path: Path, device: str | torch.device = "cpu") -> Trained
                         "first, or pass the run folder of a finished extraction.")
     payload = load_checkpoint(file, kind="reward-model", map_location=device)
     spec = DiffusionSpec.from_dict(payload["spec"])
-    architecture = dict(payload["architecture"])
-    cls = reward_network(spec.network, architecture.pop("kind", "default"))
-    net = cls(spec.horizon, spec.transition_dim, **architecture).to(device)
+    architecture = {"kind": "default", **payload["architecture"]}  # rewards saved before `kind` were the default
+    sizes = {key: value for key, value in architecture.items() if key != "kind"}
+    net = reward_network(spec.network, architecture["kind"])(spec.horizon, spec.transition_dim, **sizes).to(device)
     net.load_state_dict(payload["weights"])
     net.eval().requires_grad_(False)
     return TrainedReward(net, spec, Normalizer.from_state_dict(payload["normalizer"]),
                          NoiseSchedule(spec.n_steps, spec.schedule), payload["info"], file,
-                         payload.get("target", "score"))
+                         payload.get("target", "score"), architecture)
 
 
 def train_reward(base: TrainedDiffusion, expert: TrainedDiffusion, segments: SegmentPair, run_dir: Path, *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +44,25 @@ MODEL_SETTINGS = {"horizon": "horizon", "use_actions": "use_actions", "model.dim
 """Config keys that shape a diffusion model, with the :class:`DiffusionSpec` field each becomes. A stage that loads
 trained models takes them from the models (and ``normalizer`` from their normalizer), not from its config."""
 
+MODEL_SECTIONS = ("horizon", "use_actions", "normalizer", "model", "diffusion")
+"""The keys and sections of :data:`MODEL_SETTINGS` and ``normalizer``."""
 
-def check_model_settings_not_given(cfg: DictConfig, model: TrainedDiffusion, stage: str) -> None:
-    """Refuse command-line values of :data:`MODEL_SETTINGS` (or ``normalizer``) that differ from ``model``'s:
+REWARD_SETTINGS = {"reward.architecture": "kind", "reward.dim": "dim", "reward.dim_mults": "dim_mults"}
+"""Config keys that shape a reward network, with the entry of a loaded reward's ``architecture`` each becomes."""
+
+
+def check_model_settings_not_given(cfg: DictConfig, model: TrainedDiffusion, stage: str, reward: Any = None) -> None:
+    """Refuse command-line values of :data:`MODEL_SETTINGS` (or ``normalizer``) that differ from ``model``'s, and
+    of :data:`REWARD_SETTINGS` that differ from ``reward``'s (a :class:`TrainedReward`, when the stage loads one):
     ``relreward extract horizon=48`` on models of horizon 32 would otherwise run at 32 without a word. Values
     equal to the model's, and those the config brings by default, pass."""
     given = command_line_keys()
     model_values = {key: getattr(model.spec, field) for key, field in MODEL_SETTINGS.items() if key in given}
     if "normalizer" in given:
         model_values["normalizer"] = model.normalizer.kind
+    if reward is not None:
+        model_values |= {key: reward.architecture[field] for key, field in REWARD_SETTINGS.items()
+                         if key in given and field in reward.architecture}
     differing = []
     for key, value in model_values.items():
         asked, value = _as_override(OmegaConf.select(cfg, key)), _as_override(value)
@@ -59,9 +70,31 @@ def check_model_settings_not_given(cfg: DictConfig, model: TrainedDiffusion, sta
             differing.append(f"{key}={asked} (the models have {value})")
     if differing:
         raise UserError(f"{stage} takes these settings from the models it loads, so the command line's "
-                        f"{', '.join(differing)} would not act. Drop them, or train models with them first "
-                        f"(relreward train-diffusion, or relreward pipeline, with the same overrides) and pass "
-                        f"those (base_model=, expert_model=). Nothing was run.")
+                        f"{', '.join(differing)} would not act. Drop them, or make models with them first "
+                        f"(relreward pipeline, or train-diffusion and extract, with the same overrides) and pass "
+                        f"those (base_model=, expert_model=, reward_model=). Nothing was run.")
+
+
+SETTINGS_BY_STAGE = {"horizon": "train-diffusion", "use_actions": "train-diffusion", "normalizer": "train-diffusion",
+                     "model": "train-diffusion", "diffusion": "train-diffusion", "train": "train-diffusion",
+                     "reward": "extract", "extract": "extract", "steer": "steer-eval"}
+"""Settings (top-level keys and sections) that only some stages read, with the stage that first acts on each."""
+
+
+def check_settings_read(stage: str, reads: Collection[str], given: Collection[str] | None = None, hint: str = ""
+                        ) -> None:
+    """Refuse command-line settings of :data:`SETTINGS_BY_STAGE` whose key or section is not in ``reads`` (what
+    ``stage`` reads; a stage that loads models reads their settings from them, see
+    :func:`check_model_settings_not_given`): ``relreward train-diffusion extract.n_steps=5`` would otherwise run as
+    if it had not been given. ``given``: the keys set (default: this job's command line, :func:`command_line_keys`);
+    ``hint``: a sentence on how to make them act."""
+    given = command_line_keys() if given is None else given
+    ignored = sorted(key for key in given if key.split(".")[0] in SETTINGS_BY_STAGE and key.split(".")[0] not in reads)
+    if ignored:
+        named = ", ".join(f"{key} (read by {SETTINGS_BY_STAGE[key.split('.')[0]]})" for key in ignored)
+        hint = hint or "Give it to the stage that reads it, or to relreward pipeline, which runs them all."
+        raise UserError(f"{stage} does not read {named}, so the command line's value would not act. {hint} "
+                        "Nothing was run.")
 
 
 def check_models_fit_the_env(cfg: DictConfig, base: TrainedDiffusion, expert: TrainedDiffusion,

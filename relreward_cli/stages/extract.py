@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -13,10 +14,12 @@ from relreward_cli.errors import UserError
 from relreward_cli.plots import plot_curve
 from relreward_cli.reward.trainer import train_reward
 from relreward_cli.stages.common import (
+    MODEL_SECTIONS,
     autocast_dtype,
     batch_size,
     check_model_settings_not_given,
     check_models_fit_the_env,
+    check_settings_read,
     config_subset,
     hydra_run_dir,
     log_to,
@@ -117,7 +120,13 @@ def _plot_loss_bands(tracker: RunTracker) -> None:
                "matching loss", "score-matching loss by band of diffusion time t", logy=True)
 
 
+def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
+    """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
+    check_settings_read("extract", (*MODEL_SECTIONS, "reward", "extract"), given)  # the models': checked once loaded
+
+
 def main(cfg: DictConfig) -> dict:
+    check_settings(cfg)
     domain = families.of(cfg)
     if domain.pretrained_models:  # two given models (e.g. Stable Diffusion and Safe Stable Diffusion)
         return domain.extract_pretrained(cfg, hydra_run_dir(), None, cfg.overwrite)

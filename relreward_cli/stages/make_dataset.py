@@ -4,18 +4,26 @@ Minari's format)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from omegaconf import DictConfig
 
 from relreward_cli import families
 from relreward_cli.errors import UserError
-from relreward_cli.stages.common import apply_threads, data_root, hydra_run_dir
+from relreward_cli.stages.common import apply_threads, check_settings_read, data_root, hydra_run_dir
 from relreward_cli.tracking import print_summary_table, tracker_from_config
 
 KINDS = ("base", "expert")
 
 
+def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
+    """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
+    check_settings_read("make-dataset", (), given)
+
+
 def main(cfg: DictConfig) -> dict:
+    check_settings(cfg)
     kinds = KINDS if cfg.kind == "both" else (cfg.kind,)
     if not set(kinds) <= set(KINDS):
         raise UserError(f"kind={cfg.kind} is not one of base, expert, both.")

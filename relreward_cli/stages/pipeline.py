@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from relreward_cli import families, provenance
 from relreward_cli.diffusion.artifact import MODEL_FILE
 from relreward_cli.reward.trainer import REWARD_FILE
 from relreward_cli.stages import extract, steer_eval, train_diffusion
-from relreward_cli.stages.common import apply_threads, hydra_run_dir, torch_device
+from relreward_cli.stages.common import (
+    SETTINGS_BY_STAGE,
+    apply_threads,
+    check_settings_read,
+    hydra_run_dir,
+    torch_device,
+)
 from relreward_cli.tracking import print_summary_table, write_json_atomic
 from relreward_cli.training import resolve_device
 
@@ -123,5 +130,13 @@ def _finish(cfg: DictConfig, run_dir: Path, domain: families.EnvFamily, summary:
     return summary
 
 
+def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
+    """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
+    if not cfg.pipeline.steer:
+        check_settings_read("pipeline", tuple(key for key in SETTINGS_BY_STAGE if key != "steer"), given,
+                            "The pipeline runs steer-eval only with pipeline.steer=true.")
+
+
 def main(cfg: DictConfig) -> dict:
+    check_settings(cfg)
     return run(cfg, hydra_run_dir())

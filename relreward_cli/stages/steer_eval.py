@@ -7,6 +7,7 @@ Planners: see :mod:`relreward_cli.planning.evaluation`; their evaluation: the en
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -23,8 +24,10 @@ from relreward_cli.planning.evaluation import PLANNERS, REWARD_PLANNERS
 from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.reward.trainer import load_reward_model, reward_file
 from relreward_cli.stages.common import (
+    MODEL_SECTIONS,
     check_model_settings_not_given,
     check_models_fit_the_env,
+    check_settings_read,
     config_subset,
     hydra_run_dir,
     torch_device,
@@ -62,11 +65,11 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)
-    check_model_settings_not_given(cfg, base, "steer-eval")
     guide = None
     if set(REWARD_PLANNERS) & set(sc.planners):
         guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
                             sc.scale_grad_by_std, sc.rank_t, sc.grad_clip)
+    check_model_settings_not_given(cfg, base, "steer-eval", guide.reward if guide else None)
     if guide is not None and sc.scale > 0 and sc.t_stopgrad >= base.spec.n_steps:
         raise UserError(f"steer.t_stopgrad={sc.t_stopgrad}, but the base model has {base.spec.n_steps} diffusion "
                         "steps: guidance acts only at steps t >= t_stopgrad, so it would never act. Lower "
@@ -86,6 +89,13 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     return metrics
 
 
+def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
+    """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
+    reward = ("reward",) if set(REWARD_PLANNERS) & set(cfg.steer.planners) else ()  # read when a planner uses it
+    check_settings_read("steer-eval", (*MODEL_SECTIONS, *reward, "steer"), given)  # the models': checked once loaded
+
+
 def main(cfg: DictConfig) -> dict:
+    check_settings(cfg)
     return run(cfg, hydra_run_dir(), Path(cfg.base_model), Path(cfg.expert_model), Path(cfg.reward_model),
                start_afresh=cfg.overwrite)

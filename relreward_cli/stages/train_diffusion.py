@@ -3,6 +3,7 @@ data."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -13,8 +14,10 @@ from relreward_cli.diffusion.artifact import train_diffusion
 from relreward_cli.errors import UserError
 from relreward_cli.plots import plot_curve
 from relreward_cli.stages.common import (
+    MODEL_SECTIONS,
     autocast_dtype,
     batch_size,
+    check_settings_read,
     config_subset,
     diffusion_spec,
     hydra_run_dir,
@@ -85,5 +88,11 @@ def _plot_loss(tracker: RunTracker) -> None:
                    "step", "eps MSE", logy=True)
 
 
+def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
+    """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
+    check_settings_read("train-diffusion", (*MODEL_SECTIONS, "train"), given)
+
+
 def main(cfg: DictConfig) -> dict:
+    check_settings(cfg)
     return run(cfg, hydra_run_dir(), cfg.kind, start_afresh=cfg.overwrite)
