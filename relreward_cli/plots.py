@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 WALL_COLOR = "#3b3b3b"
 
 
-def draw_maze(ax: plt.Axes, geometry, resolution: float = 0.02) -> None:
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the file-writing backend (Agg), imported at the first figure: a command that draws
+    nothing (a refused config, ``--help``) does not pay for it."""
+    matplotlib.use("Agg")
+    return importlib.import_module("matplotlib.pyplot")
+
+
+def draw_maze(ax: Axes, geometry, resolution: float = 0.02) -> None:
     """Draw the maze's walls (from ``geometry.in_wall``) in world coordinates on ``ax``."""
     xmin, xmax, ymin, ymax = geometry.bounds()
     xs = np.arange(xmin, xmax, resolution) + resolution / 2
@@ -33,14 +44,16 @@ def draw_maze(ax: plt.Axes, geometry, resolution: float = 0.02) -> None:
 def plot_maze_plans(geometry, plans_xy: np.ndarray, goal_xy: Sequence[float] | None, path: Path,
                     title: str = "") -> Path:
     """Draw plans ``(N, horizon, 2)`` (world x, y) on the maze, start dots and the goal star."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     _draw_trajectories(ax, geometry, plans_xy, goal_xy, title)
     return save_figure(fig, path)
 
 
-def _draw_trajectories(ax: plt.Axes, geometry, paths_xy: Sequence[np.ndarray], goal_xy: Sequence[float] | None,
+def _draw_trajectories(ax: Axes, geometry, paths_xy: Sequence[np.ndarray], goal_xy: Sequence[float] | None,
                        title: str) -> None:
     """The maze with paths (each ``(T, 2)`` world x, y) coloured by time, start dots and the goal star."""
+    plt = pyplot()
     draw_maze(ax, geometry)
     for trajectory in paths_xy:
         colors = plt.cm.viridis(np.linspace(0, 1, len(trajectory)))
@@ -55,6 +68,7 @@ def _draw_trajectories(ax: plt.Axes, geometry, paths_xy: Sequence[np.ndarray], g
 def plot_maze_paths(geometry, paths_xy: dict[str, Sequence[np.ndarray]], goal_xy: Sequence[float] | None,
                     path: Path) -> Path:
     """One maze panel per named set of executed paths (each ``(T, 2)`` world x, y), side by side."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(paths_xy), figsize=(4 * len(paths_xy), 4.2), squeeze=False)
     for ax, (name, paths) in zip(axes[0], paths_xy.items(), strict=True):
         _draw_trajectories(ax, geometry, paths, goal_xy, name)
@@ -63,6 +77,7 @@ def plot_maze_paths(geometry, paths_xy: dict[str, Sequence[np.ndarray]], goal_xy
 
 def plot_episode_returns(returns: dict[str, np.ndarray], path: Path, ylabel: str = "return") -> Path:
     """Each named set of episode returns ``(E,)`` as dots over its episode index, its mean as a dashed line."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for index, (name, values) in enumerate(returns.items()):
         color = f"C{index}"
@@ -89,6 +104,7 @@ def plot_reward_maps(geometry, xs: np.ndarray, ys: np.ndarray, learned: np.ndarr
         xs, ys: grid coordinates (world units), ``learned`` is ``(len(t_values), len(ys), len(xs))``,
             ``truth`` and ``free_mask`` are ``(len(ys), len(xs))``.
     """
+    plt = pyplot()
     rows = len(t_values)
     fig, axes = plt.subplots(rows, 3, figsize=(10, 3.2 * rows), squeeze=False)
     extent = (xs[0], xs[-1], ys[0], ys[-1])
@@ -113,6 +129,7 @@ def plot_segment_rewards(learned: np.ndarray, returns: np.ndarray, is_expert: np
                          path: Path) -> Path:
     """Learned reward ``(N,)`` of dataset segments against their env return ``(N,)``, base and expert
     segments (``is_expert`` ``(N,)`` bool) in two colours."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for index, (name, mask) in enumerate((("base data", ~is_expert), ("expert data", is_expert))):
         ax.scatter(returns[mask], learned[mask], s=4, alpha=0.5, color=f"C{index}", label=name)
@@ -126,6 +143,7 @@ def plot_segment_rewards(learned: np.ndarray, returns: np.ndarray, is_expert: np
 def plot_curve(steps: Sequence[float], series: dict[str, Sequence[float]], path: Path, xlabel: str,
                ylabel: str, title: str = "", logy: bool = False) -> Path:
     """Line plot of one or more named series against ``steps``."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, values in series.items():
         ax.plot(steps, values, label=label)
@@ -139,9 +157,10 @@ def plot_curve(steps: Sequence[float], series: dict[str, Sequence[float]], path:
     return save_figure(fig, path)
 
 
-def save_figure(fig: plt.Figure, path: Path, dpi: int = 110, title_space_in: float = 0.0) -> Path:
+def save_figure(fig: Figure, path: Path, dpi: int = 110, title_space_in: float = 0.0) -> Path:
     """Lay out, save (creating the folder) and close ``fig``; ``title_space_in`` inches stay free on top for a
     suptitle."""
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=(0, 0, 1, 1 - title_space_in / fig.get_figheight()))
@@ -154,6 +173,7 @@ def plot_class_rewards(classes: np.ndarray, means: np.ndarray, sems: np.ndarray,
                        title: str) -> Path:
     """Bar chart of the mean reward per class ``(K,)`` with standard-error bars ``(K,)``; the ``highlighted``
     classes (the expert's) in a second colour."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     is_expert = np.array([int(c) in highlighted for c in classes], dtype=bool)
     positions = np.arange(len(classes))
@@ -174,6 +194,7 @@ def plot_image_grid(rows: dict[str, np.ndarray], path: Path, title: str,
                     captions: dict[str, list[str]] | None = None) -> Path:
     """One row of small grey images per named entry (each ``(n, 8, 8)`` raw pixels in [0, 16]), the name as the
     row's label and an optional caption under each image (e.g. its reward)."""
+    plt = pyplot()
     n_cols = max(1, max((len(images) for images in rows.values()), default=1))
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.9 * n_cols + 1.2, 1.35 * len(rows) + 0.4),
                              squeeze=False)
@@ -197,6 +218,7 @@ def plot_class_shares(classes: np.ndarray, shares: dict[str, np.ndarray], highli
                       title: str) -> Path:
     """Grouped bars: the share of each class ``(K,)`` among the samples of each named sampler; the ``highlighted``
     classes' ticks marked with an asterisk."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     positions, width = np.arange(len(classes)), 0.8 / max(len(shares), 1)
     for index, (name, values) in enumerate(shares.items()):

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from relreward_cli.errors import ERROR_FILE, UserError
-from relreward_cli.plots import save_figure  # first: it selects the Agg backend
+from relreward_cli.plots import pyplot, save_figure
 from relreward_cli.tracking import RUN_OVERRIDES
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,7 @@ def markdown(report: Report) -> str:
 
 def plot_bars(report: Report, path: Path) -> Path | None:
     """One panel per kind of metric; a group of bars per task; error bars are the standard error."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     panels: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -350,7 +350,7 @@ def plot_heatmap_grid(report: Report, path: Path) -> Path | None:
     if not rows:
         return None
     import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n_cols = max(len(cells) for cells in rows.values())
     first = mpimg.imread(next(iter(rows.values()))[0][1])
@@ -389,7 +389,7 @@ def plot_goal_grid(report: Report, path: Path) -> Path | None:
             cells.append((task, run, dict(np.load(arrays))))
     if not cells:
         return None
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, len(cells), figsize=(2.8 * len(cells), 5.6), squeeze=False)
     for column, (task, run, maps) in enumerate(cells):

@@ -11,14 +11,15 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from sklearn.svm import SVC
 
 from relreward_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from sklearn.svm import SVC
 
 PIXEL_MAX = 16.0  # the digits' largest intensity
 
@@ -37,6 +38,8 @@ class DigitsSplit:
 @functools.cache
 def _image_and_class_counts() -> tuple[int, int]:
     """How many digit images scikit-learn ships, and of how many classes (read once: every stage checks)."""
+    from sklearn.datasets import load_digits  # scikit-learn takes a second to import: only where it is used
+
     labels = load_digits().target
     return len(labels), len(set(labels.tolist()))
 
@@ -63,6 +66,9 @@ def load_digits_split(test_fraction: float = 0.3, seed: int = 0) -> DigitsSplit:
     given `seed`."""
     if problems := split_problems(test_fraction, seed):
         raise UserError("The digits cannot be split so: " + "; ".join(problems) + ".")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     images = digits.images.astype(np.float32)
     labels = digits.target.astype(np.int64)
@@ -90,6 +96,8 @@ def _features(images: np.ndarray) -> np.ndarray:
 def fit_digit_classifier(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> SVC:
     """An RBF support-vector classifier of images `(N, 8, 8)` raw pixels with labels `(N,)` (about 0.99 test
     accuracy on the digits)."""
+    from sklearn.svm import SVC
+
     return SVC(kernel="rbf", C=10.0, gamma="scale", random_state=seed).fit(_features(images), np.asarray(labels))
 
 

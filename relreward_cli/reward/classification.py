@@ -2,9 +2,6 @@
 classes) from the rest, and its mean per class."""
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 from relreward_cli.errors import UserError
 from relreward_cli.planning.scores import mean_and_sem
@@ -22,6 +19,8 @@ def _check(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.nda
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of `scores` `(N,)` (higher = more positive) for labels `positive` `(N,)` bool:
     1 for a perfect separator, 0 reversed, 0.5 for a constant score."""
+    from sklearn.metrics import roc_auc_score  # scikit-learn takes a second to import: only where it is used
+
     scores, positive = _check(scores, positive)
     return float(roc_auc_score(positive, scores))
 
@@ -35,6 +34,9 @@ def heldout_accuracy(scores: np.ndarray, positive: np.ndarray, seed: int = 0, gr
     The standardization uses the fit half only. A perfect separator gives 1.0. A constant score carries nothing:
     the regression then predicts the fit half's majority class, so on balanced classes the accuracy is 0.5.
     """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
     scores, positive = _check(scores, positive)
     if groups is None:
         fit_x, test_x, fit_y, test_y = train_test_split(scores, positive, test_size=0.5, random_state=seed,
