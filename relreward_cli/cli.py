@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"relreward {stage}", *argv[1:]]
     task = hydra.main(config_path=str(CONFIG_DIR), config_name=_module_name(stage), version_base=None)(
         report_user_errors(module.main))
-    return run_reporting_failures(task)
+    return run_reporting_failures(task, functools.partial(unknown_setting_problem, stage=stage, overrides=argv[1:]))
 
 
 def environment_error(err: OSError, folders: str = "run_root= and data_dir=") -> str:
@@ -206,11 +206,54 @@ def environment_error(err: OSError, folders: str = "run_root= and data_dir=") ->
             "model or data paths) and that the folders are on a disk that is mounted and not full.")
 
 
-def run_reporting_failures(task: Callable[[], Any]) -> int:
+def _composed(stage: str, overrides: list[str]) -> Any:
+    """The stage's config composed with ``overrides``, or None where it cannot be."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(str(CONFIG_DIR.resolve()), version_base=None):
+            return compose(_module_name(stage), overrides)
+    except Exception:  # noqa: BLE001 - only a hint depends on it
+        return None
+
+
+def unknown_setting_problem(err: Exception, stage: str, overrides: list[str]) -> str | None:
+    """One paragraph for an override of a setting the config does not have (`trian.n_steps=5`), or None for other
+    errors. Hydra refuses it while composing and suggests adding it with `+`, which would only add a key that
+    nothing reads; this names the first part of the key that does not exist and the nearest settings there."""
+    import difflib
+    import re
+
+    from omegaconf import DictConfig
+
+    found = re.match(r"Could not override '([^']+)'", str(err))
+    if not found or "not in struct" not in str(err.__cause__):
+        return None
+    key = found.group(1)
+    given = next((arg for arg in overrides if arg.split("=", 1)[0] == key), key)
+    others = [arg for arg in overrides if arg != given and not arg.startswith("-")]
+    node = _composed(stage, others) or _composed(stage, [])  # a swept override cannot compose: then the defaults
+    parts, where, near, missing = key.split("."), "", [], key
+    for depth, part in enumerate(parts if node is not None else []):
+        if not isinstance(node, DictConfig) or part not in node:
+            where = ".".join(parts[:depth])
+            names = list(node) if isinstance(node, DictConfig) else []
+            near = difflib.get_close_matches(part, names, n=3, cutoff=0.6)
+            missing = ".".join(parts[: depth + 1])
+            break
+        node = node[part]
+    place = f"{where}'s settings" if where else "the top-level settings"
+    hint = f" ({place} nearest to it: {', '.join(f'{where}.{n}'.lstrip('.') for n in near)})" if near else ""
+    return (f"{given}: the config has no setting {missing}, so nothing would read it{hint}. Fix the name; "
+            f"`relreward {stage} --cfg job` prints every setting. Nothing was run.")
+
+
+def run_reporting_failures(task: Callable[[], Any], explain: Callable[[Exception], str | None] = lambda err: None
+                           ) -> int:
     """Run a Hydra task with one error boundary: the machine's failures (:class:`OSError`: disk, permissions,
-    paths) and Hydra's configuration errors become one paragraph and exit code 2, an interrupt (Ctrl-C) one line
-    and exit code 130, and an exit asked for inside (``sys.exit``) its code, returned; anything else is a bug and
-    keeps its traceback."""
+    paths) and Hydra's configuration errors become one paragraph and exit code 2 (``explain``: our own paragraph
+    for a Hydra error, or None to show Hydra's), an interrupt (Ctrl-C) one line and exit code 130, and an exit
+    asked for inside (``sys.exit``) its code, returned; anything else is a bug and keeps its traceback."""
     from hydra.errors import HydraException
 
     previous = os.environ.get("HYDRA_FULL_ERROR")
@@ -218,6 +261,9 @@ def run_reporting_failures(task: Callable[[], Any]) -> int:
     try:
         task()
     except HydraException as err:  # first: Hydra's missing-config error is also an OSError
+        if explained := explain(err):
+            print(f"relreward: error: {explained}", file=sys.stderr)
+            return 2
         cause = f"\n{err.__cause__}" if err.__cause__ is not None and str(err.__cause__) not in str(err) else ""
         print(f"{err}{cause}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import yaml
 
 from relreward_cli.cli import STAGES
@@ -49,12 +50,23 @@ def test_hydra_cfg_flag_passes_through(cli, tmp_path):
     assert not (tmp_path / "runs").exists()  # printed, not run
 
 
-def test_config_typo_fails_with_hydras_message(cli, tmp_path):
-    proc = cli(["train-diffusion", "experiment=smoke", "horizn=8", f"run_root={tmp_path / 'runs'}"], tmp_path)
-    assert proc.returncode != 0
-    assert "Could not override 'horizn'" in proc.stderr
-    assert "Key 'horizn' is not in struct" in proc.stderr
-    assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize(("args", "said"), [
+    (["train-diffusion", "horizn=8"], "horizn=8: the config has no setting horizn, so nothing would read it (the "
+                                      "top-level settings nearest to it: horizon)"),
+    (["pipeline", "trian.n_steps=5"], "the config has no setting trian, so nothing would read it (the top-level "
+                                      "settings nearest to it: train)"),
+    (["steer-eval", "steer.scael=2"], "(steer's settings nearest to it: steer.scale)"),
+    (["pipeline", "--multirun", "seed=0,1", "env=maze2d_medium", "env.goal_cel=[1,1]"],
+     "env.goal_cel=[1,1]: the config has no setting env.goal_cel, so nothing would read it (env's settings nearest "
+     "to it: env.goal_cell, env.goal_set)"),
+])
+def test_a_misspelt_setting_names_the_nearest_ones(cli, tmp_path, args, said):
+    """Hydra refuses a key the config does not have and suggests adding it with `+` (which would add a setting that
+    nothing reads); relreward names the nearest settings instead, in one paragraph with exit code 2."""
+    proc = cli([*args, "experiment=smoke", f"run_root={tmp_path / 'runs'}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert said in proc.stderr and f"`relreward {args[0]} --cfg job` prints every setting" in proc.stderr, proc.stderr
+    assert "+" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
