@@ -311,9 +311,9 @@ def markdown(report: Report) -> str:
 
 def plot_bars(report: Report, path: Path) -> Path | None:
     """One panel per kind of metric; a group of bars per task; error bars are the standard error."""
-    plt = pyplot()
     import numpy as np
 
+    plt = pyplot()
     panels: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for title, key, panel in report.columns:
         panels[panel].append((title, key))
