@@ -51,8 +51,9 @@ def load_reward_model(path: Path, device: str | torch.device = "cpu") -> Trained
     """Load a finished reward network from an ``extract`` run folder or a ``reward.pt``."""
     file = reward_file(path)
     if not file.is_file():
-        raise UserError(f"No extracted reward at {file}. Run `relreward extract` (or `relreward pipeline`) "
-                        "first, or pass the run folder of a finished extraction.")
+        raise UserError(f"No extracted reward at {file}. Run `relreward extract` (or `relreward pipeline`) first "
+                        "with the settings given here (env, goal, seed, sizes), or pass the run folder of a finished "
+                        "extraction (reward_model=).")
     payload = load_checkpoint(file, kind="reward-model", map_location=device)
     spec = DiffusionSpec.from_dict(payload["spec"])
     architecture = {"kind": "default", **payload["architecture"]}  # rewards saved before `kind` were the default
