@@ -238,8 +238,9 @@ def _past_asked_steps(done: int | None, n_steps: tuple[str, int] | None) -> str 
 def held(run_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Hold `run_dir` for this process while the block runs (:func:`relreward_cli.locks.exclusive` of
     `run_dir/.in-use`, which the system drops when the process ends): another process asking for it meanwhile (a
-    second command given the same folder, e.g. two Maze2D goals under one `run_root`, whose folder names do not
-    differ) is refused (:class:`UserError`) instead of moving aside or overwriting the files of the run in progress."""
+    second command given the same folder, e.g. two horizons run by hand under one `run_root`, whose folder names do
+    not differ) is refused (:class:`UserError`) instead of moving aside or overwriting the files of the run in
+    progress."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     in_use = UserError(f"{run_dir} is in use by another relreward process that is still running (its log is in the "

@@ -44,8 +44,8 @@ MODEL_SETTINGS = {"horizon": "horizon", "use_actions": "use_actions", "model.dim
 """Config keys that shape a diffusion model, with the :class:`DiffusionSpec` field each becomes. A stage that loads
 trained models takes them from the models (and ``normalizer`` from their normalizer), not from its config."""
 
-MODEL_SECTIONS = ("horizon", "use_actions", "normalizer", "model", "diffusion")
-"""The keys and sections of :data:`MODEL_SETTINGS` and ``normalizer``."""
+MODEL_SECTIONS = (*dict.fromkeys(key.split(".")[0] for key in MODEL_SETTINGS), "normalizer")
+"""The keys and sections of :data:`MODEL_SETTINGS`, and ``normalizer``."""
 
 REWARD_SETTINGS = {"reward.architecture": "kind", "reward.dim": "dim", "reward.dim_mults": "dim_mults"}
 """Config keys that shape a reward network, with the entry of a loaded reward's ``architecture`` each becomes."""
@@ -75,9 +75,8 @@ def check_model_settings_not_given(cfg: DictConfig, model: TrainedDiffusion, sta
                         f"those (base_model=, expert_model=, reward_model=). Nothing was run.")
 
 
-SETTINGS_BY_STAGE = {"horizon": "train-diffusion", "use_actions": "train-diffusion", "normalizer": "train-diffusion",
-                     "model": "train-diffusion", "diffusion": "train-diffusion", "train": "train-diffusion",
-                     "reward": "extract", "extract": "extract", "steer": "steer-eval"}
+SETTINGS_BY_STAGE = {**dict.fromkeys((*MODEL_SECTIONS, "train"), "train-diffusion"), "reward": "extract",
+                     "extract": "extract", "steer": "steer-eval"}
 """Settings (top-level keys and sections) that only some stages read, with the stage that first acts on each."""
 
 
