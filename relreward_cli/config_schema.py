@@ -382,6 +382,10 @@ def _added_key_problems(cfg: DictConfig, overrides: Sequence[str], groups: Colle
 SWITCHES = ("overwrite", "use_actions", "pipeline.steer")
 """Top-level yes/no settings outside the typed sections."""
 
+MODEL_SOURCES = ("stages", "pipeline")
+"""Where ``extract`` and ``steer-eval`` read the models they are not given (``models_from``, besides ``auto``; see
+:mod:`relreward_cli.stages.inputs`)."""
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -413,6 +417,10 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] = (), groups: Collect
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not isinstance(value, bool):
             problems.append(f"{key}={value}: must be true or false")
+    if "models_from" in cfg and cfg.models_from not in ("auto", *MODEL_SOURCES):
+        problems.append(f"models_from={cfg.models_from}: must be auto, {' or '.join(MODEL_SOURCES)}")
+    if "pipeline_dir" in cfg and cfg.pipeline_dir is None:
+        problems.append("pipeline_dir=null: must be a folder (a pipeline run's, e.g. runs/pipeline/<name>)")
     if not problems:
         problems += _horizon_problems(cfg) + _combination_problems(cfg)
     if problems:

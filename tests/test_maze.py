@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from relreward_cli.envs.maze import MAZE_MAPS, MazeGeometry, WaypointController
 from relreward_cli.envs.registry import make_maze_env
 from relreward_cli.errors import UserError
+from relreward_cli.stages.inputs import stage_folders
 
 UMAZE = MazeGeometry.from_name("umaze")
 GOAL = (1, 1)  # top-left end of the U; the bottom-left end (3, 1) is the far end
@@ -189,4 +192,9 @@ def test_each_goal_of_a_maze_has_run_folders_of_its_own():
             == "runs/make-dataset/maze2d_large-r5c4"
         steer = compose("steer_eval", ["env.goal_cell=[1,2]"])
         assert steer.pipeline_dir == "runs/pipeline/maze2d_umaze-r1c2-s0"
+        # where extract and steer-eval look for the stand-alone runs of a name is where those runs are made
+        stand_alone = stage_folders(Path("runs"), "maze2d_umaze-r1c2-s0")
+        assert run_dirs("train_diffusion", ["env.goal_cell=[1,2]", "kind=expert"]) \
+            == str(stand_alone["expert_model"])
+        assert run_dirs("extract", ["env.goal_cell=[1,2]"]) == str(stand_alone["reward_model"])
         assert run_dirs("pipeline", ["env=hopper"]) == "runs/pipeline/hopper-s0"

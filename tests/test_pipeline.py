@@ -25,6 +25,7 @@ from relreward_cli.errors import UserError
 from relreward_cli.models.reward_net import RewardNet
 from relreward_cli.reward.evaluate import maze_reward_map
 from relreward_cli.reward.trainer import load_reward_model, model_sample_pool, train_reward
+from relreward_cli.stages.inputs import pipeline_folders, stage_folders
 from relreward_cli.training import load_checkpoint, save_checkpoint
 
 STAGE_DIRS = ("diffusion_base", "diffusion_expert", "extract")
@@ -418,3 +419,51 @@ def test_an_interrupted_rerun_is_one_line_and_leaves_no_summary_of_the_earlier_r
     assert "relreward: interrupted. Running the same command again keeps what is finished" in stderr
     assert not (run_dir / "metrics.json").exists()
     assert "lr: 0.001" in (run_dir / "config.yaml").read_text()
+
+
+def test_extract_and_steer_eval_read_the_runs_of_their_name_from_the_pipeline_or_the_stand_alone_stages(
+        pipeline_run, smoke_data, tmp_path, cli):
+    """Not given model paths, extract and steer-eval read the runs of their config's name: a pipeline's when only it
+    holds them (`relreward extract` after `relreward pipeline`), the stand-alone stages' when asked
+    (``models_from``), the given ``pipeline_dir``'s; they refuse to guess when both hold them, and name the commands
+    that make them when neither does."""
+    name = "smoke-maze2d_umaze-r1c1-s0"
+    run_root = tmp_path / "runs"
+    common = [*smoke_data.overrides(run_root), "logger.mode=disabled"]
+
+    def refused(proc, *said: str) -> None:
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert all(part in proc.stderr for part in (*said, "Nothing was run")), proc.stderr[-3000:]
+
+    def read(run_dir: Path, key: str) -> str:
+        return provenance.recorded(run_dir)["inputs"][key]
+
+    refused(cli(["extract", *common], tmp_path), f"no run of {name} holds them",
+            "`relreward pipeline`, or `relreward train-diffusion kind=base`", "base_model=, expert_model=")
+    refused(cli(["steer-eval", *common], tmp_path), "a base model, an expert model and a reward",
+            "`relreward extract`", "reward_model=")
+    assert not (run_root / "extract" / name / "reward.pt").exists()
+    assert not (run_root / "steer-eval" / name / "metrics.json").exists()
+
+    shutil.copytree(pipeline_run[1], run_root / "pipeline" / name)
+    from_pipeline = pipeline_folders(run_root / "pipeline" / name)
+    cli(["extract", *common], tmp_path, check=True)  # only the pipeline holds models of this name
+    assert read(run_root / "extract" / name, "base_model") \
+        == provenance.digest(from_pipeline["base_model"] / "model.pt")
+
+    for kind in ("base", "expert"):  # stand-alone models unlike the pipeline's (fewer steps)
+        cli(["train-diffusion", f"kind={kind}", *common, "train.n_steps=1"], tmp_path, check=True)
+    stand_alone = stage_folders(run_root, name)
+    assert provenance.digest(stand_alone["base_model"]) != provenance.digest(from_pipeline["base_model"])
+    before = provenance.digest(run_root / "extract" / name / "reward.pt")
+    refused(cli(["extract", *common], tmp_path), "both the stand-alone runs of", "and its pipeline run",
+            "models_from=stages or models_from=pipeline")
+    assert provenance.digest(run_root / "extract" / name / "reward.pt") == before
+    cli(["extract", *common, "models_from=stages", "overwrite=true"], tmp_path, check=True)
+    assert read(run_root / "extract" / name, "base_model") == provenance.digest(stand_alone["base_model"] / "model.pt")
+
+    refused(cli(["steer-eval", *common, "steer.planners=[base]"], tmp_path), "both the stand-alone runs of")
+    cli(["steer-eval", *common, "steer.planners=[base]", f"pipeline_dir={run_root / 'pipeline' / name}"], tmp_path,
+        check=True)
+    assert read(run_root / "steer-eval" / name, "base_model") \
+        == provenance.digest(from_pipeline["base_model"] / "model.pt")

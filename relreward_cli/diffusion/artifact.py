@@ -102,11 +102,8 @@ def load_diffusion_model(path: Path, device: str | torch.device = "cpu") -> Trai
     """Load a finished diffusion model from a run folder or a ``model.pt``."""
     file = model_file(path)
     if not file.is_file():
-        raise UserError(f"No trained diffusion model at {file}. Train it first, with this command's overrides (env, "
-                        "goal, seed, sizes): `relreward train-diffusion kind=base` and `kind=expert` write the models "
-                        "that extract reads by default, `relreward pipeline` those that steer-eval reads. Or pass the "
-                        "run folder of a finished training (base_model=, expert_model=; a pipeline's are its "
-                        "diffusion_base/ and diffusion_expert/).")
+        raise UserError(f"No trained diffusion model at {file}. Pass the run folder of a finished training (a "
+                        "train-diffusion run, or a pipeline's diffusion_base/ or diffusion_expert/) or its model.pt.")
     payload = load_checkpoint(file, kind="diffusion-model", map_location=device)
     spec = DiffusionSpec.from_dict(payload["spec"])
     diffusion = build_diffusion(spec).to(device)

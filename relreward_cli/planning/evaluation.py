@@ -74,16 +74,22 @@ def summarize(rollouts: list[Rollouts], score, base: list[Rollouts] | None = Non
 
 def print_results_table(title: str, results: dict[str, dict], score_origin: str | None) -> None:
     """Two tables, one row per planner: return, normalized score and the paired difference to base (mean +- s.e.,
-    and per seed); then success rate, episode length, falls, flips, planning latency."""
+    and per seed); then success rate, episode length, early ends (falls), flips, planning latency (success and
+    flips where the env records them)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     scores = Table(title=escape(title), caption=escape(f"mean ± s.e. over episodes (over paired episodes for the "
                                                        f"difference to base); scores: {score_origin}"))
-    behaviour = Table(caption="fell: episodes the env ended early; flipped: torso past 90 degrees")
+    optional = {"success": "success_rate", "flipped": "flipped_rate"}  # columns of the envs that record them
+    shown = {column for column, key in optional.items() if any(key in row for row in results.values())}
+    behaviour = Table(caption="ended early: episodes the env ended before the step limit (Hopper, Walker2d: a fall)"
+                      + ("; flipped: torso past 90 degrees" if "flipped" in shown else ""))
+    behaviour_columns = ("planner", "success", "length", "ended early", "flipped", "plan ms", "episodes")
+    behaviour_columns = tuple(column for column in behaviour_columns if column not in optional or column in shown)
     for table, columns in ((scores, ("planner", "return", "normalized score", "vs base (paired)", "vs base per seed")),
-                           (behaviour, ("planner", "success", "length", "fell", "flipped", "plan ms", "episodes"))):
+                           (behaviour, behaviour_columns)):
         for column in columns:
             table.add_column(column, justify="left" if column == "planner" else "right")
     for name, row in results.items():
@@ -91,10 +97,11 @@ def print_results_table(title: str, results: dict[str, dict], score_origin: str 
                  for key in ("return", "score", "vs_base")]
         per_seed = " / ".join(f"{value:+.1f}" for value in row.get("vs_base_per_seed", [])) or "-"
         scores.add_row(name, *cells, per_seed)
-        success = f"{row['success_rate']:.0%} ± {row['success_sem']:.0%}" if "success_rate" in row else "-"
-        flipped = f"{row['flipped_rate']:.0%}" if "flipped_rate" in row else "-"
-        behaviour.add_row(name, success, f"{row['length_mean']:.0f}", f"{row['terminated_rate']:.0%}", flipped,
-                          f"{row['plan_ms']:.0f}", str(row["episodes"]))
+        cells = {"planner": name, "length": f"{row['length_mean']:.0f}", "ended early": f"{row['terminated_rate']:.0%}",
+                 "plan ms": f"{row['plan_ms']:.0f}", "episodes": str(row["episodes"]),
+                 "success": f"{row['success_rate']:.0%} ± {row['success_sem']:.0%}" if "success_rate" in row else "-",
+                 "flipped": f"{row['flipped_rate']:.0%}" if "flipped_rate" in row else "-"}
+        behaviour.add_row(*(cells[column] for column in behaviour_columns))
     console = Console()
     console.print(scores)
     console.print(behaviour)

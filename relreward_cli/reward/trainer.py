@@ -51,9 +51,8 @@ def load_reward_model(path: Path, device: str | torch.device = "cpu") -> Trained
     """Load a finished reward network from an ``extract`` run folder or a ``reward.pt``."""
     file = reward_file(path)
     if not file.is_file():
-        raise UserError(f"No extracted reward at {file}. Run `relreward extract` (or `relreward pipeline`) first "
-                        "with the settings given here (env, goal, seed, sizes), or pass the run folder of a finished "
-                        "extraction (reward_model=).")
+        raise UserError(f"No extracted reward at {file}. Pass the run folder of a finished extraction (an extract "
+                        "run, or a pipeline's extract/) or its reward.pt.")
     payload = load_checkpoint(file, kind="reward-model", map_location=device)
     spec = DiffusionSpec.from_dict(payload["spec"])
     architecture = {"kind": "default", **payload["architecture"]}  # rewards saved before `kind` were the default

@@ -26,6 +26,7 @@ from relreward_cli.stages.common import (
     loop_settings,
     torch_device,
 )
+from relreward_cli.stages.inputs import resolve_inputs
 from relreward_cli.tracking import RunTracker, print_summary_table, tracker_from_config
 from relreward_cli.training import seed_everything
 
@@ -130,4 +131,5 @@ def main(cfg: DictConfig) -> dict:
     domain = families.of(cfg)
     if domain.pretrained_models:  # two given models (e.g. Stable Diffusion and Safe Stable Diffusion)
         return domain.extract_pretrained(cfg, hydra_run_dir(), None, cfg.overwrite)
-    return run(cfg, hydra_run_dir(), Path(cfg.base_model), Path(cfg.expert_model), start_afresh=cfg.overwrite)
+    models = resolve_inputs(cfg, "extract", ("base_model", "expert_model"))
+    return run(cfg, hydra_run_dir(), models["base_model"], models["expert_model"], start_afresh=cfg.overwrite)

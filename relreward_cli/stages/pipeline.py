@@ -32,6 +32,7 @@ from relreward_cli.stages.common import (
     hydra_run_dir,
     torch_device,
 )
+from relreward_cli.stages.inputs import pipeline_folders
 from relreward_cli.tracking import print_summary_table, write_json_atomic
 from relreward_cli.training import resolve_device
 
@@ -89,7 +90,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         seconds["extract"] = time.perf_counter() - start
         return _finish(cfg, run_dir, domain, summary, seconds)
 
-    models = {kind: run_dir / f"diffusion_{kind}" for kind in ("base", "expert")}
+    folders = pipeline_folders(run_dir)
+    models = {kind: folders[f"{kind}_model"] for kind in ("base", "expert")}
     device = torch_device(cfg)
     for kind, stage_dir in models.items():
         start = time.perf_counter()
@@ -100,7 +102,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         summary |= {f"{kind}/{key}": value for key, value in domain.summary_for_pipeline(metrics).items()}
         summary[f"{kind}/final_loss"] = metrics["final_loss"]
 
-    stage_dir, start = run_dir / "extract", time.perf_counter()
+    stage_dir, start = folders["reward_model"], time.perf_counter()
     metrics = _run_stage(stage_dir, REWARD_FILE, extract.made_from(cfg, models["base"], models["expert"], device),
                          partial(extract.run, cfg, stage_dir, models["base"], models["expert"], group,
                                  start_afresh=True), extract.evaluation_settings(cfg), steps=cfg.extract.n_steps)

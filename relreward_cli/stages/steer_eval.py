@@ -32,10 +32,11 @@ from relreward_cli.stages.common import (
     hydra_run_dir,
     torch_device,
 )
+from relreward_cli.stages.inputs import resolve_inputs
 from relreward_cli.tracking import tracker_from_config
 
 
-def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, reward_model: Path) -> dict:
+def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, reward_model: Path | None) -> dict:
     """The provenance of an evaluation: the steering settings and seed, and the digests of the models it reads
     (the reward model only when a planner of ``steer.planners`` uses it)."""
     models = {"base_model": model_file(base_model), "expert_model": model_file(expert_model)}
@@ -45,18 +46,14 @@ def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, reward_mode
                               **config_subset(cfg, {"seed": (), "steer": ()})}, models)
 
 
-def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, reward_model: Path,
+def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, reward_model: Path | None,
         group: str | None = None, start_afresh: bool = False) -> dict:
     """Evaluate the planners of ``steer.planners`` into ``run_dir``; returns the summary (also in
-    ``metrics.json``). The reward model is read only when a planner that uses it is among them. A ``run_dir``
+    ``metrics.json``). The reward model is read only when a planner that uses it is among them (else it may be
+    None). A ``run_dir``
     holding an evaluation of other models or settings is refused (or, with ``start_afresh``, set aside)."""
     sc, domain = cfg.steer, families.of(cfg)
-    if domain.pretrained_models:
-        raise UserError(f"env={cfg.env.name} compares two pretrained models, with no planner here to steer, so "
-                        f"steer-eval has nothing to evaluate. Its reward is extracted and evaluated by `relreward "
-                        f"extract env={cfg.env.name}` (or `relreward pipeline env={cfg.env.name}`). Nothing was run.")
-    if not sc.planners or not set(sc.planners) <= set(PLANNERS):
-        raise UserError(f"steer.planners={list(sc.planners)}: choose one or more of {', '.join(PLANNERS)}.")
+    _check_there_is_something_to_steer(cfg)
     for model in (base_model, expert_model):
         provenance.check_output(model_file(model), "relreward train-diffusion")
     if set(REWARD_PLANNERS) & set(sc.planners):
@@ -89,6 +86,15 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     return metrics
 
 
+def _check_there_is_something_to_steer(cfg: DictConfig) -> None:
+    if families.of(cfg).pretrained_models:
+        raise UserError(f"env={cfg.env.name} compares two pretrained models, with no planner here to steer, so "
+                        f"steer-eval has nothing to evaluate. Its reward is extracted and evaluated by `relreward "
+                        f"extract env={cfg.env.name}` (or `relreward pipeline env={cfg.env.name}`). Nothing was run.")
+    if not cfg.steer.planners or not set(cfg.steer.planners) <= set(PLANNERS):
+        raise UserError(f"steer.planners={list(cfg.steer.planners)}: choose one or more of {', '.join(PLANNERS)}.")
+
+
 def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
     """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
     reward = ("reward",) if set(REWARD_PLANNERS) & set(cfg.steer.planners) else ()  # read when a planner uses it
@@ -97,5 +103,8 @@ def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> Non
 
 def main(cfg: DictConfig) -> dict:
     check_settings(cfg)
-    return run(cfg, hydra_run_dir(), Path(cfg.base_model), Path(cfg.expert_model), Path(cfg.reward_model),
+    _check_there_is_something_to_steer(cfg)  # before looking for models to read
+    reward = ("reward_model",) if set(REWARD_PLANNERS) & set(cfg.steer.planners) else ()
+    inputs = resolve_inputs(cfg, "steer-eval", ("base_model", "expert_model", *reward))
+    return run(cfg, hydra_run_dir(), inputs["base_model"], inputs["expert_model"], inputs.get("reward_model"),
                start_afresh=cfg.overwrite)
