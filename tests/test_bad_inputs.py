@@ -256,7 +256,8 @@ def test_model_settings_given_to_the_stages_that_load_models_must_match_them(cli
 def test_settings_a_stage_does_not_read_are_refused(cli, trained, tmp_path):
     """A setting given to a stage that never reads it would not act (`train-diffusion extract.n_steps=5` trains as
     if it had not been given), so it is refused before any work, naming the stage that reads it; steer-eval takes
-    the reward's sizes from the reward it loads, as extract takes the models'."""
+    the reward's sizes from the reward it loads, as extract takes the models'. An env setting that a setting of
+    another section comes from (`steer.sampler: ${oc.select:env.steer_sampler,ddpm}`) is read where that one is."""
     models = [f"base_model={trained['base']}", f"expert_model={trained['expert']}",
               f"reward_model={trained['extract']}"]
     for stage, given, said in (
@@ -267,7 +268,12 @@ def test_settings_a_stage_does_not_read_are_refused(cli, trained, tmp_path):
              ["pipeline does not read steer.scale (read by steer-eval)", "only with pipeline.steer=true"]),
             (["steer-eval", *models], ["train.lr=0.1"],
              ["steer-eval does not read train.lr (read by train-diffusion)"]),
-            (["steer-eval", *models], ["reward.dim=16"], ["reward.dim=16 (the models have 8) would not act"])):
+            (["steer-eval", *models], ["reward.dim=16"], ["reward.dim=16 (the models have 8) would not act"]),
+            # env settings act through the settings they set, and only where those are read
+            (["train-diffusion", "kind=base"], ["env.steer_sampler=ddim"],
+             ["train-diffusion does not read env.steer_sampler (sets steer.sampler, read by steer-eval)"]),
+            (["steer-eval", *models], ["+env.prediction=x0"],
+             ["env.prediction=x0 (sets diffusion.prediction; the models have eps) would not act"])):
         out = tmp_path / stage[0]
         proc = cli([*stage, *trained["common"], *given, f"hydra.run.dir={out}"], trained["root"])
         _assert_refused(proc, *said, "Nothing was run")

@@ -194,6 +194,12 @@ def test_a_setting_the_stage_does_not_read_refuses_the_sweep_before_any_job(cli,
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "- every job: train-diffusion does not read extract.n_steps (read by extract)" in proc.stderr, proc.stderr
     assert not (tmp_path / "runs").exists()
+    proc = cli(["train-diffusion", "--multirun", "experiment=smoke", "logger.mode=disabled",
+                "env.steer_sampler=ddim,dpm", f"run_root={tmp_path / 'runs'}", f"data_dir={tmp_path / 'data'}"],
+               tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "does not read env.steer_sampler (sets steer.sampler, read by steer-eval)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,40 @@ def command_line_keys() -> set[str]:
     return {override.key_or_group for override in overrides}
 
 
+ENV_REFERENCE = re.compile(r"\$\{(?:oc\.select:)?(env\.[\w.]+)")
+
+
+def settings_fed_by_env(cfg: DictConfig) -> dict[str, str]:
+    """The settings outside ``env`` whose value comes from an env setting (``steer.scale:
+    ${oc.select:env.steer_scale,3.0}`` -> ``{"steer.scale": "env.steer_scale"}``): a value given to that env setting
+    acts through them, and only where they are read."""
+    fed: dict[str, str] = {}
+
+    def visit(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                visit(value, f"{key}.{name}" if key else str(name))
+        elif isinstance(node, str) and (found := ENV_REFERENCE.search(node)):
+            fed[key] = found.group(1)
+
+    visit({name: value for name, value in OmegaConf.to_container(cfg, resolve=False).items()
+           if name not in ("env", "hydra")}, "")
+    return fed
+
+
+def given_settings(cfg: DictConfig, given: Collection[str] | None = None) -> dict[str, str]:
+    """The settings given (the keys of this job's command line, :func:`command_line_keys`, or ``given``), each with
+    how it was given: as itself, or through the env setting it comes from (:func:`settings_fed_by_env`;
+    ``env.horizon=48`` gives ``horizon`` as ``env.horizon``)."""
+    given = command_line_keys() if given is None else set(given)
+    settings = {key: key for key in given}
+    env_keys = {key for key in given if key.startswith("env.")}  # not `env` itself: the group's choice
+    for key, env_key in settings_fed_by_env(cfg).items():
+        if key not in settings and any(env_key == set_ or env_key.startswith(f"{set_}.") for set_ in env_keys):
+            settings[key] = env_key
+    return settings
+
+
 MODEL_SETTINGS = {"horizon": "horizon", "use_actions": "use_actions", "model.dim": "dim",
                   "model.dim_mults": "dim_mults", "diffusion.n_steps": "n_steps", "diffusion.schedule": "schedule",
                   "diffusion.clip_denoised": "clip_denoised", "diffusion.prediction": "prediction"}
@@ -56,7 +91,7 @@ def check_model_settings_not_given(cfg: DictConfig, model: TrainedDiffusion, sta
     of :data:`REWARD_SETTINGS` that differ from ``reward``'s (a :class:`TrainedReward`, when the stage loads one):
     ``relreward extract horizon=48`` on models of horizon 32 would otherwise run at 32 without a word. Values
     equal to the model's, and those the config brings by default, pass."""
-    given = command_line_keys()
+    given = given_settings(cfg)
     model_values = {key: getattr(model.spec, field) for key, field in MODEL_SETTINGS.items() if key in given}
     if "normalizer" in given:
         model_values["normalizer"] = model.normalizer.kind
@@ -67,7 +102,8 @@ def check_model_settings_not_given(cfg: DictConfig, model: TrainedDiffusion, sta
     for key, value in model_values.items():
         asked, value = _as_override(OmegaConf.select(cfg, key)), _as_override(value)
         if asked != value:
-            differing.append(f"{key}={asked} (the models have {value})")
+            sets = "" if given[key] == key else f"sets {key}; "
+            differing.append(f"{given[key]}={asked} ({sets}the models have {value})")
     if differing:
         raise UserError(f"{stage} takes these settings from the models it loads, so the command line's "
                         f"{', '.join(differing)} would not act. Drop them, or make models with them first "
@@ -80,17 +116,18 @@ SETTINGS_BY_STAGE = {**dict.fromkeys((*MODEL_SECTIONS, "train"), "train-diffusio
 """Settings (top-level keys and sections) that only some stages read, with the stage that first acts on each."""
 
 
-def check_settings_read(stage: str, reads: Collection[str], given: Collection[str] | None = None, hint: str = ""
-                        ) -> None:
-    """Refuse command-line settings of :data:`SETTINGS_BY_STAGE` whose key or section is not in ``reads`` (what
-    ``stage`` reads; a stage that loads models reads their settings from them, see
-    :func:`check_model_settings_not_given`): ``relreward train-diffusion extract.n_steps=5`` would otherwise run as
-    if it had not been given. ``given``: the keys set (default: this job's command line, :func:`command_line_keys`);
-    ``hint``: a sentence on how to make them act."""
-    given = command_line_keys() if given is None else given
+def check_settings_read(cfg: DictConfig, stage: str, reads: Collection[str], given: Collection[str] | None = None,
+                        hint: str = "") -> None:
+    """Refuse given settings of :data:`SETTINGS_BY_STAGE` whose key or section is not in ``reads`` (what ``stage``
+    reads; a stage that loads models reads their settings from them, see :func:`check_model_settings_not_given`):
+    ``relreward train-diffusion extract.n_steps=5`` would otherwise run as if it had not been given, and so would
+    ``env.steer_scale=1``, which acts through ``steer.scale``. ``given``: the keys set (default: this job's command
+    line; see :func:`given_settings`); ``hint``: a sentence on how to make them act."""
+    given = given_settings(cfg, given)
     ignored = sorted(key for key in given if key.split(".")[0] in SETTINGS_BY_STAGE and key.split(".")[0] not in reads)
     if ignored:
-        named = ", ".join(f"{key} (read by {SETTINGS_BY_STAGE[key.split('.')[0]]})" for key in ignored)
+        named = ", ".join(f"{given[key]} ({'' if given[key] == key else f'sets {key}, '}read by "
+                          f"{SETTINGS_BY_STAGE[key.split('.')[0]]})" for key in ignored)
         hint = hint or "Give it to the stage that reads it, or to relreward pipeline, which runs them all."
         raise UserError(f"{stage} does not read {named}, so the command line's value would not act. {hint} "
                         "Nothing was run.")

@@ -123,7 +123,8 @@ def _plot_loss_bands(tracker: RunTracker) -> None:
 
 def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
     """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
-    check_settings_read("extract", (*MODEL_SECTIONS, "reward", "extract"), given)  # the models': checked once loaded
+    # the models' settings: checked once they are loaded
+    check_settings_read(cfg, "extract", (*MODEL_SECTIONS, "reward", "extract"), given)
 
 
 def main(cfg: DictConfig) -> dict:

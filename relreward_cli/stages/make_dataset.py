@@ -19,7 +19,7 @@ KINDS = ("base", "expert")
 
 def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
     """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
-    check_settings_read("make-dataset", (), given)
+    check_settings_read(cfg, "make-dataset", (), given)
 
 
 def main(cfg: DictConfig) -> dict:

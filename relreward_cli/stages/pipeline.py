@@ -135,7 +135,7 @@ def _finish(cfg: DictConfig, run_dir: Path, domain: families.EnvFamily, summary:
 def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
     """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
     if not cfg.pipeline.steer:
-        check_settings_read("pipeline", tuple(key for key in SETTINGS_BY_STAGE if key != "steer"), given,
+        check_settings_read(cfg, "pipeline", tuple(key for key in SETTINGS_BY_STAGE if key != "steer"), given,
                             "The pipeline runs steer-eval only with pipeline.steer=true.")
 
 

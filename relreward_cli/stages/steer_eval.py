@@ -98,7 +98,8 @@ def _check_there_is_something_to_steer(cfg: DictConfig) -> None:
 def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
     """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
     reward = ("reward",) if set(REWARD_PLANNERS) & set(cfg.steer.planners) else ()  # read when a planner uses it
-    check_settings_read("steer-eval", (*MODEL_SECTIONS, *reward, "steer"), given)  # the models': checked once loaded
+    # the models' settings: checked once they are loaded
+    check_settings_read(cfg, "steer-eval", (*MODEL_SECTIONS, *reward, "steer"), given)
 
 
 def main(cfg: DictConfig) -> dict:

@@ -90,7 +90,7 @@ def _plot_loss(tracker: RunTracker) -> None:
 
 def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
     """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
-    check_settings_read("train-diffusion", (*MODEL_SECTIONS, "train"), given)
+    check_settings_read(cfg, "train-diffusion", (*MODEL_SECTIONS, "train"), given)
 
 
 def main(cfg: DictConfig) -> dict:
