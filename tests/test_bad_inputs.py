@@ -280,6 +280,19 @@ def test_settings_a_stage_does_not_read_are_refused(cli, trained, tmp_path):
         assert not (out / "provenance.json").exists() and not (out / "metrics.json").exists()
 
 
+def test_an_env_setting_is_read_where_any_setting_it_sets_is_read():
+    from omegaconf import OmegaConf
+
+    from relreward_cli.errors import UserError
+    from relreward_cli.stages.common import check_settings_read
+
+    cfg = OmegaConf.create({"env": {"both": 1, "steer_only": 2}, "train": {"lr": "${env.both}"},
+                            "steer": {"scale": "${oc.select:env.both,3}", "eta": "${env.steer_only}"}})
+    check_settings_read(cfg, "train-diffusion", ("train",), {"env.both", "env"})  # acts through train.lr
+    with pytest.raises(UserError, match=r"does not read env.steer_only \(sets steer.eta, read by steer-eval\)"):
+        check_settings_read(cfg, "train-diffusion", ("train",), {"env.steer_only"})
+
+
 def test_a_run_folder_in_use_by_another_process_is_refused_and_left_to_it(cli, trained):
     """Two commands given one folder (two horizons run by hand under one run_root share folder names): while one runs,
     the other is refused before any work and writes no reason or labels into the folder; once it ends, the

@@ -124,7 +124,13 @@ def check_settings_read(cfg: DictConfig, stage: str, reads: Collection[str], giv
     ``env.steer_scale=1``, which acts through ``steer.scale``. ``given``: the keys set (default: this job's command
     line; see :func:`given_settings`); ``hint``: a sentence on how to make them act."""
     given = given_settings(cfg, given)
-    ignored = sorted(key for key in given if key.split(".")[0] in SETTINGS_BY_STAGE and key.split(".")[0] not in reads)
+
+    def unread(key: str) -> bool:
+        return key.split(".")[0] in SETTINGS_BY_STAGE and key.split(".")[0] not in reads
+
+    # an env setting that sets several settings acts where any of them is read
+    acting = {how for key, how in given.items() if how != key and not unread(key)}
+    ignored = sorted(key for key in given if unread(key) and given[key] not in acting)
     if ignored:
         named = ", ".join(f"{given[key]} ({'' if given[key] == key else f'sets {key}, '}read by "
                           f"{SETTINGS_BY_STAGE[key.split('.')[0]]})" for key in ignored)
