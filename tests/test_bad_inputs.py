@@ -346,6 +346,25 @@ def test_models_of_another_goal_are_refused_by_the_stages_that_score_them(cli, t
     assert not (out / "metrics.json").exists() and not (out / "reward.pt").exists()
 
 
+@pytest.mark.parametrize("stage", ["extract", "steer-eval"])
+def test_models_of_data_made_again_since_are_refused(cli, trained, tmp_path, stage):
+    """The datasets were made again (other generator settings) after the models were trained on them: the stage
+    that reads the models with these data refuses, even with overwrite=true, naming both digests."""
+    data = tmp_path / "data"
+    shutil.copytree(Path(next(arg for arg in trained["common"] if arg.startswith("data_dir=")).split("=", 1)[1]), data)
+    common = [arg for arg in trained["common"] if not arg.startswith("data_dir=")] + [f"data_dir={data}"]
+    models = [f"base_model={trained['base']}", f"expert_model={trained['expert']}",
+              *([f"reward_model={trained['extract']}"] if stage == "steer-eval" else [])]
+    out = tmp_path / "run"
+    cli([stage, *common, *models, f"hydra.run.dir={out}", *(["steer.n_episodes=1"] if stage == "steer-eval" else [])],
+        trained["root"], check=True)  # the same data, copied: accepted
+    cli(["make-dataset", *common, "env.generate.seed=1", "overwrite=true"], trained["root"], check=True)
+    proc = cli([stage, *common, *models, "env.generate.seed=1", "overwrite=true", f"hydra.run.dir={out}"],
+               trained["root"])
+    _assert_refused(proc, f"The base model {trained['base'] / 'model.pt'} was made from other contents of",
+                    "the data were made again since", "Nothing was run")
+
+
 def test_data_of_another_env_is_refused_before_training(cli, smoke_data, tmp_path):
     maze = "generated:relreward/pointmaze-umaze"
     proc = cli(["train-diffusion", *smoke_data.overrides(tmp_path / "runs"), "logger.mode=disabled", "env=halfcheetah",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from relreward_cli import provenance
 from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion
 from relreward_cli.errors import UserError
 from relreward_cli.tracking import RunTracker
@@ -140,11 +141,14 @@ def check_settings_read(cfg: DictConfig, stage: str, reads: Collection[str], giv
 
 
 def check_models_fit_the_env(cfg: DictConfig, base: TrainedDiffusion, expert: TrainedDiffusion,
-                             reward: Any = None) -> None:
+                             reward: Any = None, data: Mapping[str, Path] | None = None) -> None:
     """Before any work: ``base``, ``expert`` (and ``reward``, a :class:`TrainedReward`) were made for ``cfg.env``:
     trained on that env (their recorded ``env``) and on its two datasets (``env.base_data``, ``env.expert_data``;
-    for Maze2D, the goal's). The stage evaluates in the env its config describes, so models of another env or
-    goal would be scored against the wrong ground truth."""
+    for Maze2D, the goal's), as those files are now (``data``: the family's ``dataset_inputs``, whose digests each
+    run folder's provenance recorded; a model outside a recorded run folder is not compared). The stage evaluates in
+    the env its config describes, so models of another env or goal would be scored against the wrong ground truth,
+    and models of data made again since (other ``env.generate`` settings, say) would be paired with data they
+    never saw."""
     models = {"base model": base, "expert model": expert, **({"reward": reward} if reward is not None else {})}
     env = cfg.env.name
     others = {name: model.info.get("env") for name, model in models.items() if model.info.get("env") not in (None, env)}
@@ -164,6 +168,26 @@ def check_models_fit_the_env(cfg: DictConfig, base: TrainedDiffusion, expert: Tr
                 "(env.base_data, env.expert_data; for Maze2D they follow env.goal_cell), so it would be scored "
                 "against another env's ground truth. Give the env settings the models were trained with (e.g. "
                 "env.goal_cell=...), or pass models trained on these datasets. Nothing was run.")
+    if data:
+        _check_made_from_these_data(models, data)
+
+
+def _check_made_from_these_data(models: Mapping[str, Any], data: Mapping[str, Path]) -> None:
+    now: dict[str, str] = {}
+    for name, model in models.items():
+        recorded = (provenance.recorded(Path(model.path).parent) or {}).get("inputs", {})
+        for key, digest in recorded.items():
+            if key not in data or not Path(data[key]).exists():
+                continue
+            now.setdefault(key, provenance.digest(data[key]))
+            if now[key] != digest:
+                made_by = "relreward extract" if name == "reward" else "relreward train-diffusion"
+                raise UserError(
+                    f"The {name} {model.path} was made from other contents of {data[key]} ({key}: {digest} then, "
+                    f"{now[key]} now): the data were made again since (with other env.generate settings, say). Used "
+                    f"with these data it would pair data and models that never met. Make the models again on these "
+                    f"data (`relreward pipeline` does it by itself; or `{made_by}` with overwrite=true for that run "
+                    f"folder, and the stages after it), or restore the data they were made from. Nothing was run.")
 
 
 def _as_override(value: Any) -> str:

@@ -71,7 +71,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
         raise UserError(f"steer.t_stopgrad={sc.t_stopgrad}, but the base model has {base.spec.n_steps} diffusion "
                         "steps: guidance acts only at steps t >= t_stopgrad, so it would never act. Lower "
                         "steer.t_stopgrad, or set steer.scale=0. Nothing was rolled out.")
-    check_models_fit_the_env(cfg, base, expert, guide.reward if guide else None)
+    check_models_fit_the_env(cfg, base, expert, guide.reward if guide else None, domain.dataset_inputs(cfg))
     if guide is not None and (problems := space_mismatches(base, guide.reward, ("base model", "reward"))):
         raise UserError(f"The reward {guide.reward.path} was not extracted in the base model {base.path}'s space: "
                         f"{'; '.join(problems)}. Pass the reward extracted from this base model (reward_model=...). "
