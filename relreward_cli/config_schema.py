@@ -232,7 +232,9 @@ class SteerConfig(_Checked):
         problems.need(self.n_sample_steps is None or self.n_sample_steps >= 1, "n_sample_steps", self.n_sample_steps,
                       "a positive integer or null")
         problems.need(0 <= self.eta < math.inf, "eta", self.eta, "a finite number >= 0 (0: deterministic DDIM)")
-        problems.need(bool(self.seeds), "seeds", self.seeds, "a non-empty list of seeds")
+        problems.need(bool(self.seeds) and all(map(is_seed, self.seeds)) and len(set(self.seeds)) == len(self.seeds),
+                      "seeds", self.seeds, f"a non-empty list of distinct seeds ({SEED_WORDS}; a seed listed twice "
+                      "would count its episodes twice)")
         problems.need(self.max_episode_steps is None or self.max_episode_steps >= 1, "max_episode_steps",
                       self.max_episode_steps, "a positive integer or null")
         problems.need(self.success_radius > 0, "success_radius", self.success_radius, "positive (world units)")
@@ -286,22 +288,36 @@ def _shown(value: Any) -> str:
     return str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
+def steering_problems(steer: DictConfig, n_steps: int, horizon: int, of_models: bool = False) -> list[str]:
+    """The ``steer`` settings that cannot work with models of ``n_steps`` diffusion steps and plans of ``horizon``
+    steps, one line each; settings of planners not in ``steer.planners`` are not read. ``of_models``: the sizes are
+    the loaded models' (else the config's ``diffusion.n_steps`` and ``horizon``), for the wording."""
+    steps = f"the models' {n_steps} diffusion steps" if of_models else f"diffusion.n_steps={n_steps}"
+    plan = f"the models' horizon {horizon}" if of_models else f"horizon={horizon}"
+    planners = set(steer.planners)
+    problems = []
+    if steer.replan_every >= horizon:
+        problems.append(f"steer.replan_every={steer.replan_every} with {plan}: a plan of {horizon} steps cannot be "
+                        f"followed for {steer.replan_every}; replan sooner")
+    if planners & {"guided", "guided_ranked"} and steer.scale > 0 and steer.t_stopgrad >= n_steps:
+        problems.append(f"steer.t_stopgrad={steer.t_stopgrad} with {steps}: guidance acts only at steps t >= "
+                        "t_stopgrad, so it would never act; lower it or set steer.scale=0")
+    if planners & {"ranked", "guided_ranked"} and steer.rank_t is not None and steer.rank_t >= n_steps:
+        problems.append(f"steer.rank_t={steer.rank_t} with {steps}: must be a diffusion step below {n_steps}, or null "
+                        f"for half of them")
+    if steer.sampler != "ddpm" and steer.n_sample_steps is not None and steer.n_sample_steps > n_steps:
+        problems.append(f"steer.n_sample_steps={steer.n_sample_steps} with {steps}: a {steer.sampler} sampler takes "
+                        f"at most that many steps")
+    return problems
+
+
 def _combination_problems(cfg: DictConfig) -> list[str]:
     """Values that are each fine but cannot work together. Checked for `pipeline`, whose config trains the models;
     the other stages read sizes from the models they load and check them there."""
     if cfg.get("stage") != "pipeline":
         return []
-    problems = []
-    n_steps, horizon, steer = cfg.diffusion.n_steps, cfg.horizon, cfg.steer
-    if cfg.pipeline.steer:
-        if steer.replan_every >= horizon:
-            problems.append(f"steer.replan_every={steer.replan_every} with horizon={horizon}: a plan of {horizon} "
-                            f"steps cannot be followed for {steer.replan_every}; replan sooner")
-        if steer.t_stopgrad >= n_steps and steer.scale > 0:
-            problems.append(f"steer.t_stopgrad={steer.t_stopgrad} with diffusion.n_steps={n_steps}: guidance "
-                            "would never act (it stops below t_stopgrad); lower it or set steer.scale=0")
-        if steer.rank_t is not None and steer.rank_t >= n_steps:
-            problems.append(f"steer.rank_t={steer.rank_t}: must be below diffusion.n_steps={n_steps}")
+    n_steps = cfg.diffusion.n_steps
+    problems = steering_problems(cfg.steer, n_steps, cfg.horizon) if cfg.pipeline.steer else []
     if max(*cfg.extract.eval_t, cfg.extract.report_t) >= n_steps:
         problems.append(f"extract.eval_t={list(cfg.extract.eval_t)}, extract.report_t={cfg.extract.report_t}: every "
                         "time must be below diffusion.n_steps="
@@ -391,6 +407,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MAX_SEED = 2**31 - 1
+SEED_WORDS = f"integers from 0 to {MAX_SEED}"
+
+
+def is_seed(value: Any) -> bool:
+    """A seed every generator takes (numpy's and gymnasium's want one >= 0; torch's one below 2**63)."""
+    return _is_int(value) and 0 <= value <= MAX_SEED
+
+
 def check_config(cfg: DictConfig, overrides: Sequence[str] = (), groups: Collection[str] = ()) -> None:
     """Refuse a config whose shared sections have a wrong type, an unknown key or a value out of range, naming
     each (e.g. ``train.batch_size=0: must be a positive integer``), before any work. `overrides`: the command line's
@@ -398,8 +423,10 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] = (), groups: Collect
     if unresolvable := _unresolvable(cfg):
         raise UserError(unresolvable)
     problems = _added_key_problems(cfg, overrides, groups)
-    if "seed" in cfg and not _is_int(cfg.seed):
-        problems.append(f"seed={cfg.seed}: must be an integer")
+    for key in ("seed", "env.generate.seed"):
+        value = OmegaConf.select(cfg, key, default=0)
+        if not is_seed(value):
+            problems.append(f"{key}={value}: must be an integer from 0 to {MAX_SEED}")
     for name, schema in SECTIONS.items():
         if name not in cfg:
             continue

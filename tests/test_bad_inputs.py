@@ -37,6 +37,10 @@ def _assert_refused(proc, *message: str) -> None:
     (["train.precision=fp16"], "train.precision=fp16: must be fp32 or bf16"),
     (["extract.ema_decay=1.0"], "extract.ema_decay=1.0: must be in [0, 1) (0: no EMA)"),
     (["seed=abc"], "seed=abc: must be an integer"),
+    (["seed=-1"], "seed=-1: must be an integer from 0 to 2147483647"),  # numpy's generators take no negative seed
+    (["env.generate.seed=18446744073709551616"], "env.generate.seed=18446744073709551616: must be an integer from 0"),
+    (["steer.seeds=[0,0]"], "steer.seeds=[0, 0]: must be a non-empty list of distinct seeds"),  # counted twice
+    (["steer.seeds=[-1]"], "steer.seeds=[-1]: must be a non-empty list of distinct seeds"),
     (["seed=null"], "seed=None: must be an integer"),
     (["horizon=null"], "horizon=None: must be an integer >= 2"),
     (["train=5"], "train=5: must be the train section (set its keys, e.g. train.n_steps=...)"),
@@ -529,7 +533,8 @@ def test_extract_refuses_one_model_as_base_and_expert(cli, trained, tmp_path):
 
 def test_steer_eval_refuses_to_replace_an_evaluation_of_other_settings(cli, trained, tmp_path):
     """A finished evaluation is kept: a rerun into its folder with other steering settings is refused before any
-    rollout (overwrite=true sets it aside), and guidance that could never act is refused too."""
+    rollout (overwrite=true sets it aside), and settings the models cannot steer with (guidance that could never
+    act, a ranking step or sampler steps beyond the models' diffusion steps) are refused before that."""
     models = [f"base_model={trained['base']}", f"expert_model={trained['expert']}",
               f"reward_model={trained['extract']}", f"hydra.run.dir={tmp_path / 'eval'}"]
     cli(["steer-eval", *trained["common"], *models], trained["root"], check=True)
@@ -539,8 +544,14 @@ def test_steer_eval_refuses_to_replace_an_evaluation_of_other_settings(cli, trai
     assert _digests(tmp_path / "eval") == before
     cli(["steer-eval", *trained["common"], *models, "steer.scale=7", "overwrite=true"], trained["root"], check=True)
     assert list((tmp_path / "eval").glob("superseded-*/metrics.json"))
-    proc = cli(["steer-eval", *trained["common"], *models, "steer.t_stopgrad=5", "overwrite=true"], trained["root"])
-    _assert_refused(proc, "steer.t_stopgrad=5, but the base model has 5 diffusion steps", "Nothing was rolled out")
+    # settings the models cannot steer with: refused before the finished evaluation is set aside
+    kept = sorted((tmp_path / "eval").glob("superseded-*"))
+    proc = cli(["steer-eval", *trained["common"], *models, "steer.t_stopgrad=5", "steer.rank_t=5", "steer.sampler=ddim",
+                "steer.n_sample_steps=100", "overwrite=true"], trained["root"])
+    _assert_refused(proc, "steer.t_stopgrad=5 with the models' 5 diffusion steps: guidance acts only at steps t >= "
+                          "t_stopgrad", "steer.rank_t=5 with the models' 5 diffusion steps",
+                    "steer.n_sample_steps=100 with the models' 5 diffusion steps", "nothing was rolled out")
+    assert sorted((tmp_path / "eval").glob("superseded-*")) == kept and (tmp_path / "eval" / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize(("override", "said"), [

@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from relreward_cli import families, provenance
+from relreward_cli.config_schema import steering_problems
 from relreward_cli.diffusion.artifact import (
     check_compatible,
     load_diffusion_model,
@@ -67,10 +68,9 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
         guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
                             sc.scale_grad_by_std, sc.rank_t, sc.grad_clip)
     check_model_settings_not_given(cfg, base, "steer-eval", guide.reward if guide else None)
-    if guide is not None and sc.scale > 0 and sc.t_stopgrad >= base.spec.n_steps:
-        raise UserError(f"steer.t_stopgrad={sc.t_stopgrad}, but the base model has {base.spec.n_steps} diffusion "
-                        "steps: guidance acts only at steps t >= t_stopgrad, so it would never act. Lower "
-                        "steer.t_stopgrad, or set steer.scale=0. Nothing was rolled out.")
+    if problems := steering_problems(sc, base.spec.n_steps, base.spec.horizon, of_models=True):
+        raise UserError("The steering settings cannot work with these models; nothing was rolled out. Fix them on "
+                        "the command line:\n  " + "\n  ".join(problems))
     check_models_fit_the_env(cfg, base, expert, guide.reward if guide else None, domain.dataset_inputs(cfg))
     if guide is not None and (problems := space_mismatches(base, guide.reward, ("base model", "reward"))):
         raise UserError(f"The reward {guide.reward.path} was not extracted in the base model {base.path}'s space: "
