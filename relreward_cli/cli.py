@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relreward: no config directory with {_module_name(stage)}.yaml at {CONFIG_DIR}. {fix}",
               file=sys.stderr)
         return 2
+    # Hydra's parser takes the overrides as one run of words, so `seed=0 --multirun seed=1` would be refused
+    # as an unknown argument: --multirun goes first
+    multirun = [arg for arg in argv[1:] if arg in ("-m", "--multirun")]
+    argv = [stage, *multirun[:1], *(arg for arg in argv[1:] if arg not in ("-m", "--multirun"))]
     problem = launcher_problem(argv[1:])
     if problem:
         print(f"relreward: error: {problem}", file=sys.stderr)

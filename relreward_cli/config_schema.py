@@ -72,7 +72,8 @@ class ModelConfig(_Checked):
     dim_mults: list[int] = MISSING
 
     def check(self, problems: _Problems) -> None:
-        _positive(problems, self, "dim")
+        problems.need(self.dim >= 4 and self.dim % 2 == 0, "dim", self.dim,
+                      "an even integer >= 4 (the width of the diffusion-time embedding: sines and cosines)")
         problems.need(bool(self.dim_mults) and min(self.dim_mults) >= 1, "dim_mults", self.dim_mults,
                       "a non-empty list of positive integers")
 
@@ -124,8 +125,9 @@ class _LoopConfig(_Checked):
         problems.need(self.cuda_batch_size is None or self.cuda_batch_size > 0, "cuda_batch_size",
                       self.cuda_batch_size, "a positive integer or null (batch_size)")
         problems.need(self.precision in PRECISIONS, "precision", self.precision, " or ".join(PRECISIONS))
-        problems.need(self.lr > 0, "lr", self.lr, "a positive learning rate")
-        problems.need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "positive or null")
+        problems.need(0 < self.lr < math.inf, "lr", self.lr, "a positive, finite learning rate")
+        problems.need(self.grad_clip is None or 0 < self.grad_clip < math.inf, "grad_clip", self.grad_clip,
+                      "positive and finite, or null")
 
 
 @dataclass
@@ -435,6 +437,12 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] = (), groups: Collect
         else:  # `train=5`, `diffusion=null`: the whole section replaced by a value
             problems.append(f"{name}={_shown(cfg[name])}: must be the {name} section (set its keys, e.g. "
                             f"{name}.{fields(schema)[0].name}=...)")
+    run_name = cfg.get("name")
+    if run_name is not None and (not isinstance(run_name, str) or not run_name.strip() or run_name in (".", "..")
+                             or any(separator in run_name for separator in ("/", "\\"))):
+        shown = run_name if isinstance(run_name, str) and run_name.strip() else repr(run_name)
+        problems.append(f"name={shown}: must be a folder name (not empty, no / or \\): the run folder is "
+                        "<run_root>/<stage>/<name>")
     threads = cfg.get("threads")
     if threads is not None and (not _is_int(threads) or threads < 1):
         problems.append(f"threads={threads}: must be a positive integer or null (torch's default)")

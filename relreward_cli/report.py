@@ -56,7 +56,7 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 # Overrides that never define a task: the seed (averaged over) and settings that do not change results.
 NOT_TASK_KEYS = ("seed", "run_root", "data_dir", "device", "threads", "base_model", "expert_model", "reward_model",
-                 "pipeline_dir", "models_from")  # and logger.*
+                 "pipeline_dir", "models_from", "overwrite")  # and logger.*
 SIZE_ORDER = ("open", "umaze", "medium", "large")
 HIDDEN = (".", "__")
 

@@ -32,7 +32,11 @@ def _assert_refused(proc, *message: str) -> None:
     (["train.n_steps=abc"], "train.n_steps=abc: must be an integer"),
     (["train.n_steps=-5"], "train.n_steps=-5: must be a positive integer"),
     (["train.batch_size=0"], "train.batch_size=0: must be a positive integer"),
-    (["train.save_every=0", "train.lr=0"], "train.lr=0: must be a positive learning rate"),
+    (["train.save_every=0", "train.lr=0"], "train.lr=0: must be a positive, finite learning rate"),
+    (["train.lr=inf"], "train.lr=inf: must be a positive, finite learning rate"),  # else nan at the first step
+    (["model.dim=2"], "model.dim=2: must be an even integer >= 4"),  # else found after a finished run is set aside
+    (["name="], "name='': must be a folder name"),
+    (["name=../../elsewhere"], "name=../../elsewhere: must be a folder name"),
     (["threads=0"], "threads=0: must be a positive integer"),
     (["train.precision=fp16"], "train.precision=fp16: must be fp32 or bf16"),
     (["extract.ema_decay=1.0"], "extract.ema_decay=1.0: must be in [0, 1) (0: no EMA)"),

@@ -106,7 +106,8 @@ def open_minari(kind: str, dataset_id: str, root: Path | None, download: bool = 
         except FileNotFoundError:
             how = (
                 f"Run `MINARI_DATASETS_PATH={minari_path} minari download {dataset_id}` (needs network "
-                "access) or load it with download=True"
+                "access), or use data this project generates (for the locomotion envs, experiment=locomotion_quick "
+                "reads the datasets that `relreward make-dataset` makes with D4RL's recipe; README, Data)"
                 if kind == "minari"
                 else f"Make it with `relreward make-dataset env=<the env naming it, e.g. maze2d_umaze> "
                 f"data_dir={minari_path}`, or point data_dir at the root it was written to"

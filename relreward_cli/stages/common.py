@@ -141,14 +141,11 @@ def check_settings_read(cfg: DictConfig, stage: str, reads: Collection[str], giv
 
 
 def check_models_fit_the_env(cfg: DictConfig, base: TrainedDiffusion, expert: TrainedDiffusion,
-                             reward: Any = None, data: Mapping[str, Path] | None = None) -> None:
+                             reward: Any = None) -> None:
     """Before any work: ``base``, ``expert`` (and ``reward``, a :class:`TrainedReward`) were made for ``cfg.env``:
     trained on that env (their recorded ``env``) and on its two datasets (``env.base_data``, ``env.expert_data``;
-    for Maze2D, the goal's), as those files are now (``data``: the family's ``dataset_inputs``, whose digests each
-    run folder's provenance recorded; a model outside a recorded run folder is not compared). The stage evaluates in
-    the env its config describes, so models of another env or goal would be scored against the wrong ground truth,
-    and models of data made again since (other ``env.generate`` settings, say) would be paired with data they
-    never saw."""
+    for Maze2D, the goal's). The stage evaluates in the env its config describes, so models of another env or
+    goal would be scored against the wrong ground truth."""
     models = {"base model": base, "expert model": expert, **({"reward": reward} if reward is not None else {})}
     env = cfg.env.name
     others = {name: model.info.get("env") for name, model in models.items() if model.info.get("env") not in (None, env)}
@@ -168,11 +165,14 @@ def check_models_fit_the_env(cfg: DictConfig, base: TrainedDiffusion, expert: Tr
                 "(env.base_data, env.expert_data; for Maze2D they follow env.goal_cell), so it would be scored "
                 "against another env's ground truth. Give the env settings the models were trained with (e.g. "
                 "env.goal_cell=...), or pass models trained on these datasets. Nothing was run.")
-    if data:
-        _check_made_from_these_data(models, data)
 
 
-def _check_made_from_these_data(models: Mapping[str, Any], data: Mapping[str, Path]) -> None:
+def check_made_from_these_data(models: Mapping[str, Any], data: Mapping[str, Path]) -> None:
+    """Before any work: the ``models`` (by name, for the message: ``{"base model": ...}``; diffusion models or a
+    reward) were made from the dataset files ``data`` (the family's ``dataset_inputs``) as they are now, by the
+    digests their run folders' provenance recorded (a model outside a recorded run folder, or data not there, is
+    not compared). Models of data made again since (other ``env.generate`` settings, say) would otherwise be paired
+    with data they never saw."""
     now: dict[str, str] = {}
     for name, model in models.items():
         recorded = (provenance.recorded(Path(model.path).parent) or {}).get("inputs", {})

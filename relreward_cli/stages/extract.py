@@ -17,6 +17,7 @@ from relreward_cli.stages.common import (
     MODEL_SECTIONS,
     autocast_dtype,
     batch_size,
+    check_made_from_these_data,
     check_model_settings_not_given,
     check_models_fit_the_env,
     check_settings_read,
@@ -77,7 +78,8 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)  # before any data is loaded or any step taken
     check_model_settings_not_given(cfg, base, "extract")
-    check_models_fit_the_env(cfg, base, expert, data=domain.dataset_inputs(cfg))
+    check_models_fit_the_env(cfg, base, expert)
+    check_made_from_these_data({"base model": base, "expert model": expert}, domain.dataset_inputs(cfg))
     if max(*cfg.extract.eval_t, cfg.extract.report_t) >= base.spec.n_steps:
         raise UserError(f"extract.eval_t={list(cfg.extract.eval_t)}, extract.report_t={cfg.extract.report_t}: the "
                         f"models have {base.spec.n_steps} diffusion "

@@ -59,6 +59,9 @@ def resolve_inputs(cfg: DictConfig, stage: str, keys: Sequence[str]) -> dict[str
     missing = {source: [key for key in unnamed if not _artifact(key, folders[source][key]).is_file()]
                for source in MODEL_SOURCES}
     source = cfg.models_from
+    if source == "stages" and "pipeline_dir" in command_line_keys():
+        raise UserError(f"pipeline_dir={cfg.pipeline_dir} with models_from=stages: the stand-alone runs are read, so "
+                        "pipeline_dir would not act. Drop one of them. Nothing was run.")
     if source == "auto" and "pipeline_dir" in command_line_keys():
         source = "pipeline"
     if source == "auto":

@@ -26,6 +26,7 @@ from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.reward.trainer import load_reward_model, reward_file
 from relreward_cli.stages.common import (
     MODEL_SECTIONS,
+    check_made_from_these_data,
     check_model_settings_not_given,
     check_models_fit_the_env,
     check_settings_read,
@@ -71,7 +72,13 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     if problems := steering_problems(sc, base.spec.n_steps, base.spec.horizon, of_models=True):
         raise UserError("The steering settings cannot work with these models; nothing was rolled out. Fix them on "
                         "the command line:\n  " + "\n  ".join(problems))
-    check_models_fit_the_env(cfg, base, expert, guide.reward if guide else None, domain.dataset_inputs(cfg))
+    check_models_fit_the_env(cfg, base, expert, guide.reward if guide else None)
+    try:
+        data = domain.dataset_inputs(cfg)
+    except UserError:  # the datasets are not here: steering does not read them, and there is nothing to compare
+        data = {}
+    check_made_from_these_data({"base model": base, "expert model": expert,
+                                **({"reward": guide.reward} if guide else {})}, data)
     if guide is not None and (problems := space_mismatches(base, guide.reward, ("base model", "reward"))):
         raise UserError(f"The reward {guide.reward.path} was not extracted in the base model {base.path}'s space: "
                         f"{'; '.join(problems)}. Pass the reward extracted from this base model (reward_model=...). "
