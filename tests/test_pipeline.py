@@ -463,6 +463,8 @@ def test_extract_and_steer_eval_read_the_runs_of_their_name_from_the_pipeline_or
     assert read(run_root / "extract" / name, "base_model") == provenance.digest(stand_alone["base_model"] / "model.pt")
 
     refused(cli(["steer-eval", *common, "steer.planners=[base]"], tmp_path), "both the stand-alone runs of")
+    refused(cli(["steer-eval", *common, "steer.planners=[base]", "models_from=stages",
+                 f"pipeline_dir={run_root / 'pipeline' / name}"], tmp_path), "pipeline_dir would not act")
     cli(["steer-eval", *common, "steer.planners=[base]", f"pipeline_dir={run_root / 'pipeline' / name}"], tmp_path,
         check=True)
     assert read(run_root / "steer-eval" / name, "base_model") \

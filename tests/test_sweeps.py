@@ -188,6 +188,16 @@ def test_a_job_whose_config_cannot_work_refuses_the_sweep_before_any_job(cli, tm
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
+def test_multirun_may_follow_overrides_and_overwrite_names_no_job_folder(cli, smoke_data, tmp_path):
+    """`--multirun` after some overrides is the same sweep (Hydra's parser alone would refuse the words after it),
+    and `overwrite=true` acts on the jobs' own folders instead of naming new ones beside them."""
+    run_root = tmp_path / "runs"
+    cli(["train-diffusion", *smoke_data.overrides(run_root), "kind=base", "--multirun", "seed=0", "overwrite=true",
+         *(arg for arg in FAST if not arg.startswith("extract."))], tmp_path, check=True)
+    (job,) = [path for path in (run_root / "multirun" / "train-diffusion").iterdir() if path.is_dir()]
+    assert "seed=0" in job.name and "overwrite" not in job.name and (job / "model.pt").is_file()
+
+
 def test_a_setting_the_stage_does_not_read_refuses_the_sweep_before_any_job(cli, tmp_path):
     proc = cli(["train-diffusion", "--multirun", "experiment=smoke", "logger.mode=disabled", "kind=base,expert",
                 "extract.n_steps=5", f"run_root={tmp_path / 'runs'}", f"data_dir={tmp_path / 'data'}"], tmp_path)
