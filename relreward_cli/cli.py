@@ -11,7 +11,9 @@ import errno
 import functools
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -252,6 +254,14 @@ def unknown_setting_problem(err: Exception, stage: str, overrides: list[str]) ->
             f"`relreward {stage} --cfg job` prints every setting. Nothing was run.")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def run_reporting_failures(task: Callable[[], Any], explain: Callable[[Exception], str | None] = lambda err: None
                            ) -> int:
     """Run a Hydra task with one error boundary: the machine's failures (:class:`OSError`: disk, permissions,
@@ -260,6 +270,12 @@ def run_reporting_failures(task: Callable[[], Any], explain: Callable[[Exception
     asked for inside (``sys.exit``) its code, returned; anything else is a bug and keeps its traceback."""
     from hydra.errors import HydraException
 
+    # `kill` (or a scheduler's) ends a run as Ctrl-C does: one line on how to resume, not a silent exit. Only where
+    # nothing else (a job runner) handles SIGTERM already.
+    sigterm_handled = (threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if sigterm_handled:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing, so that this boundary decides
     try:
@@ -282,12 +298,15 @@ def run_reporting_failures(task: Callable[[], Any], explain: Callable[[Exception
         return 2
     except SystemExit as done:  # a stage's refusal (report_user_errors), a sweep's failure report, Hydra's --help
         return done.code if isinstance(done.code, int) else int(done.code is not None)
-    except KeyboardInterrupt:
-        print("\nrelreward: interrupted. Running the same command again keeps what is finished (datasets, stages) "
+    except KeyboardInterrupt as stop:
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(f"\nrelreward: {how}. Running the same command again keeps what is finished (datasets, stages) "
               "and resumes diffusion and reward training from their last checkpoints; an unfinished dataset is "
               "made again from the start.", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
     finally:
+        if sigterm_handled:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:

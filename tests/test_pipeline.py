@@ -392,9 +392,12 @@ def test_more_steps_extend_a_finished_pipeline_and_a_damaged_summary_is_written_
     assert json.loads((run_dir / "extract" / "metrics.json").read_text())["steps"] == 30
 
 
-def test_an_interrupted_rerun_is_one_line_and_leaves_no_summary_of_the_earlier_run(smoke_data, tmp_path, cli):
-    """Ctrl-C: one line that says how to resume, exit code 130, no traceback; the folder's summary of an earlier
-    attempt (other settings) is gone, so nothing reads the interrupted run as finished."""
+@pytest.mark.parametrize(("stop", "code", "said"), [("SIGINT", 130, "interrupted"),
+                                                     ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_an_interrupted_rerun_is_one_line_and_leaves_no_summary_of_the_earlier_run(smoke_data, tmp_path, cli, stop,
+                                                                                   code, said):
+    """Ctrl-C (or `kill`): one line that says how to resume, exit code 130 (143), no traceback; the folder's summary
+    of an earlier attempt (other settings) is gone, so nothing reads the interrupted run as finished."""
     import signal
     import time
 
@@ -412,11 +415,11 @@ def test_an_interrupted_rerun_is_one_line_and_leaves_no_summary_of_the_earlier_r
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, stop))
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-3000:]
+    assert proc.returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr
-    assert "relreward: interrupted. Running the same command again keeps what is finished" in stderr
+    assert f"relreward: {said}. Running the same command again keeps what is finished" in stderr
     assert not (run_dir / "metrics.json").exists()
     assert "lr: 0.001" in (run_dir / "config.yaml").read_text()
 
