@@ -35,6 +35,7 @@ from typing import Any
 
 from relreward_cli.errors import ERROR_FILE, UserError
 from relreward_cli.plots import pyplot, save_figure
+from relreward_cli.provenance import PROVENANCE_FILE
 from relreward_cli.tracking import RUN_OVERRIDES
 
 log = logging.getLogger(__name__)
@@ -516,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(steering): written to selection.json, its overrides printed last, one per line")
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else args.sweep
+    if args.out is None and (args.sweep / PROVENANCE_FILE).is_file():
+        print(f"relreward: error: {args.sweep} is the folder of one stage's run (it holds {PROVENANCE_FILE}), whose "
+              "files are its results; a report of it would be written among them. Give the folder of the runs to "
+              "summarise (a sweep's, e.g. runs/multirun/pipeline, or run_root's), or --out DIR. Nothing was "
+              "written.", file=sys.stderr)
+        return 2
     try:
         report = build_report(args.sweep)  # refuses a folder without runs before anything is written
         selection = select_setting(report, args.select) if args.select else None
