@@ -106,6 +106,8 @@ class RunTracker:
         self.plots_dir = self.run_dir / "plots"
         self.plots_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(_jsonable(dict(config)), sort_keys=False))
+        self._wandb_floor = self._steps_an_earlier_attempt_sent()
+        self._wandb_step = max(self._wandb_floor, 0)
         self._metrics_file = (self.run_dir / "metrics.jsonl").open("a")
         self.wandb_run = None
         self.mode = resolve_wandb_mode(mode)
@@ -144,12 +146,24 @@ class RunTracker:
                 log.warning("W&B offline failed too (%s); the run folder still holds everything.", err2)
                 return None
 
+    def _steps_an_earlier_attempt_sent(self) -> int:
+        """The last step an earlier attempt of this run (same W&B run id) logged, before any rewind; -1 if none."""
+        metrics = self.run_dir / "metrics.jsonl"
+        if not ((self.run_dir / "wandb_id.txt").is_file() and metrics.is_file()):
+            return -1
+        steps = [json.loads(line).get("step", -1) for line in metrics.read_text().splitlines() if line.strip()]
+        return max(steps, default=-1)
+
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Append ``metrics`` at ``step`` to ``metrics.jsonl`` and W&B."""
+        """Append ``metrics`` at ``step`` to ``metrics.jsonl`` and W&B. W&B's steps only go forward: a row at a step
+        an earlier attempt already sent (a run resumed from an earlier checkpoint logs those steps again, with the
+        same values) goes to ``metrics.jsonl`` only."""
         row = _jsonable({"step": step, **metrics})
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
-        self._to_wandb(lambda run: run.log(dict(metrics), step=step))
+        if step > self._wandb_floor:
+            self._wandb_step = max(self._wandb_step, step)
+            self._to_wandb(lambda run: run.log(dict(metrics), step=step))
 
     def _to_wandb(self, send: Callable[[Any], Any]) -> None:
         """Call `send(wandb_run)`; if W&B fails mid-run (its service process killed, as SLURM does to every
@@ -188,12 +202,13 @@ class RunTracker:
         """``(step, value)`` of every logged row holding ``key``."""
         return [(row["step"], row[key]) for row in self.rows() if key in row]
 
-    def log_image(self, key: str, path: Path, step: int | None = None) -> None:
-        """Send a saved PNG to W&B (it already lives in the run folder)."""
+    def log_image(self, key: str, path: Path) -> None:
+        """Send a saved PNG to W&B (it already lives in the run folder), at the last step logged, by this attempt or
+        an earlier one: a run evaluated again after its training shows its figures at the step they were made of."""
         if self.wandb_run is not None:
             import wandb
 
-            self._to_wandb(lambda run: run.log({key: wandb.Image(str(path))}, step=step))
+            self._to_wandb(lambda run: run.log({key: wandb.Image(str(path))}, step=self._wandb_step))
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Write the final figures to ``metrics.json`` and the W&B summary."""

@@ -106,6 +106,10 @@ def test_auroc_and_heldout_accuracy():
     assert auroc(np.zeros(100), positive) == 0.5
     assert heldout_accuracy(scores, positive) == 1.0
     assert heldout_accuracy(np.full(100, 3.0), positive) == 0.5
+    # two classes of unequal size (the digits' expert holds 2 of 10): a constant still reads 0.5, not the majority's 0.8
+    few = np.arange(100) < 20
+    assert heldout_accuracy(np.full(100, 3.0), few) == 0.5
+    assert heldout_accuracy(np.where(few, 1.0, -1.0), few) == 1.0
     with pytest.raises(UserError):
         auroc(scores, np.ones(100, dtype=bool))
 

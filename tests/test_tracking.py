@@ -170,3 +170,49 @@ def test_online_mode_without_network_falls_back_to_offline_within_seconds(tmp_pa
     (offline_run,) = (tmp_path / "wandb").glob("offline-run-*")
     assert offline_run.name.endswith((tmp_path / "wandb_id.txt").read_text().strip())
     assert list(offline_run.glob("*.wandb"))
+
+
+def test_wandb_steps_only_go_forward_across_attempts(tmp_path):
+    """W&B drops a row logged at a step below its last one, and offline it cannot tell a resumed run's last step.
+    A run resumed from its checkpoint at step 400, after an attempt that logged up to 405, sends W&B only the steps
+    past 405 (metrics.jsonl gets them all); its figures go to the last step logged, not to step 0."""
+    from PIL import Image
+
+    class Recorder:
+        def __init__(self):
+            self.steps: list[tuple[str, int]] = []
+
+        def log(self, data, step):
+            self.steps.extend((key, step) for key in data)
+
+        def finish(self):
+            pass
+
+    png = tmp_path / "figure.png"
+    Image.new("RGB", (4, 4)).save(png)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "wandb_id.txt").write_text("abc123def456")
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": step, "loss": 1.0}) + "\n"
+                                                   for step in range(0, 406, 5)))
+    tracker = RunTracker(run_dir, CONFIG, "unit-test", mode="disabled")
+    tracker.wandb_run = recorder = Recorder()
+    tracker.rewind(400)
+    for step in range(401, 411):
+        tracker.log({"loss": 0.5}, step=step)
+    tracker.log_image("heatmap", png)
+    assert [row["step"] for row in tracker.rows()][-11:] == [400, *range(401, 411)]  # the file has every step
+    tracker.finish()
+    assert recorder.steps == [("loss", step) for step in range(406, 411)] + [("heatmap", 410)]
+
+    evaluated_again = RunTracker(run_dir, CONFIG, "unit-test", mode="disabled")  # no training: figures only
+    evaluated_again.wandb_run = recorder = Recorder()
+    evaluated_again.log_image("heatmap", png)
+    assert recorder.steps == [("heatmap", 410)]
+
+    fresh = RunTracker(tmp_path / "fresh", CONFIG, "unit-test", mode="disabled")
+    fresh.wandb_run = recorder = Recorder()
+    fresh.log_image("samples", png)
+    fresh.log({"loss": 1.0}, step=0)
+    fresh.log({"loss": 0.5}, step=3)
+    assert recorder.steps == [("samples", 0), ("loss", 0), ("loss", 3)]
