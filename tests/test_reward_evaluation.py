@@ -10,7 +10,7 @@ from relreward_cli.data.normalizer import fit_transition_normalizer
 from relreward_cli.data.sources import Episode
 from relreward_cli.diffusion.artifact import DiffusionSpec
 from relreward_cli.diffusion.schedule import NoiseSchedule
-from relreward_cli.reward.evaluate import episode_windows, segment_return_fit
+from relreward_cli.reward.evaluate import SegmentReturnFit, episode_windows, pearson, segment_return_fit
 from relreward_cli.reward.trainer import TrainedReward
 
 OBS_DIM, ACT_DIM, HORIZON = 3, 2, 4
@@ -101,3 +101,18 @@ def test_binned_map_leaves_out_sparse_bins():
     geometry, goal_xy, points, geodesic, _ = _points_and_distances("umaze", (1, 1), n=40)
     binned = bin_by_position(geometry, goal_xy, points, -geodesic[None], [0], bin_size=0.25, min_count=3)
     assert (binned.counts[binned.mask] >= 3).all() and binned.mask.sum() < (binned.counts > 0).sum()
+
+
+def test_a_correlation_with_a_constant_is_undefined_not_zero():
+    """Segments whose returns are all equal (no reward in their windows) give no correlation: NaN, which the report
+    counts as a run without a value, where 0.0 would read as a measured absence of correlation."""
+    ramp = np.arange(10.0)
+    assert pearson(ramp, 2 * ramp + 1) == pytest.approx(1.0) and pearson(ramp, -ramp) == pytest.approx(-1.0)
+    assert np.isnan(pearson(ramp, np.zeros(10))) and np.isnan(pearson(np.ones(10), ramp))
+    def fit(correlations: list[float]) -> SegmentReturnFit:
+        return SegmentReturnFit(learned=None, returns=None, is_expert=None, t_values=[0, 2, 5][:len(correlations)],
+                                correlations=correlations)
+
+    assert fit([np.nan, 0.3, 0.7]).best == (5, 0.7)  # the defined ones compete
+    t, value = fit([np.nan, np.nan]).best
+    assert t == 0 and np.isnan(value)

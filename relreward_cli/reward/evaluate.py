@@ -11,6 +11,7 @@ over ``noise_samples`` draws (``noise_samples=0`` reads it at the mean ``sqrt(al
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,9 +27,10 @@ from relreward_cli.reward.trainer import TrainedReward
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two equally long 1-D arrays."""
+    """Pearson correlation of two equally long 1-D arrays; NaN where one of them is constant (undefined)."""
     a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-30))
+    norms = (a * a).sum() * (b * b).sum()
+    return float((a * b).sum() / np.sqrt(norms)) if norms > 0 else math.nan
 
 
 def resting_segments(reward: TrainedReward, positions_xy: np.ndarray) -> torch.Tensor:
@@ -96,8 +98,9 @@ class BestTime:
 
     @property
     def best(self) -> tuple[int, float]:
-        """(t, correlation) of the best diffusion time."""
-        index = int(np.argmax(self.correlations))
+        """(t, correlation) of the best diffusion time (the first, with NaN, where no correlation is defined)."""
+        defined = not np.isnan(self.correlations).all()
+        index = int(np.nanargmax(self.correlations)) if defined else 0
         return self.t_values[index], self.correlations[index]
 
 
