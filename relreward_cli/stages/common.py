@@ -169,7 +169,7 @@ def check_models_fit_the_env(cfg: DictConfig, base: TrainedDiffusion, expert: Tr
 
 def check_made_from_these_data(models: Mapping[str, Any], data: Mapping[str, Path]) -> None:
     """Before any work: the ``models`` (by name, for the message: ``{"base model": ...}``; diffusion models or a
-    reward) were made from the dataset files ``data`` (the family's ``dataset_inputs``) as they are now, by the
+    reward) were made from the dataset files ``data`` (the env's ``dataset_inputs``) as they are now, by the
     digests their run folders' provenance recorded (a model outside a recorded run folder, or data not there, is
     not compared). Models of data made again since (other ``env.generate`` settings, say) would otherwise be paired
     with data they never saw."""
