@@ -52,8 +52,8 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
         group: str | None = None, start_afresh: bool = False) -> dict:
     """Evaluate the planners of ``steer.planners`` into ``run_dir``; returns the summary (also in
     ``metrics.json``). The reward model is read only when a planner that uses it is among them (else it may be
-    None). A ``run_dir``
-    holding an evaluation of other models or settings is refused (or, with ``start_afresh``, set aside)."""
+    None). A ``run_dir`` holding an evaluation of other models or settings is refused (or, with ``start_afresh``,
+    set aside)."""
     sc, domain = cfg.steer, families.of(cfg)
     _check_there_is_something_to_steer(cfg)
     for model in (base_model, expert_model):
