@@ -294,6 +294,8 @@ def steering_problems(steer: DictConfig, n_steps: int, horizon: int, of_models: 
     """The ``steer`` settings that cannot work with models of ``n_steps`` diffusion steps and plans of ``horizon``
     steps, one line each; settings of planners not in ``steer.planners`` are not read. ``of_models``: the sizes are
     the loaded models' (else the config's ``diffusion.n_steps`` and ``horizon``), for the wording."""
+    from relreward_cli.planning.evaluation import GUIDED_PLANNERS, RANKED_PLANNERS
+
     steps = f"the models' {n_steps} diffusion steps" if of_models else f"diffusion.n_steps={n_steps}"
     plan = f"the models' horizon {horizon}" if of_models else f"horizon={horizon}"
     planners = set(steer.planners)
@@ -301,10 +303,10 @@ def steering_problems(steer: DictConfig, n_steps: int, horizon: int, of_models: 
     if steer.replan_every >= horizon:
         problems.append(f"steer.replan_every={steer.replan_every} with {plan}: a plan of {horizon} steps cannot be "
                         f"followed for {steer.replan_every}; replan sooner")
-    if planners & {"guided", "guided_ranked"} and steer.scale > 0 and steer.t_stopgrad >= n_steps:
+    if planners & set(GUIDED_PLANNERS) and steer.scale > 0 and steer.t_stopgrad >= n_steps:
         problems.append(f"steer.t_stopgrad={steer.t_stopgrad} with {steps}: guidance acts only at steps t >= "
                         "t_stopgrad, so it would never act; lower it or set steer.scale=0")
-    if planners & {"ranked", "guided_ranked"} and steer.rank_t is not None and steer.rank_t >= n_steps:
+    if planners & set(RANKED_PLANNERS) and steer.rank_t is not None and steer.rank_t >= n_steps:
         problems.append(f"steer.rank_t={steer.rank_t} with {steps}: must be a diffusion step below {n_steps}, or null "
                         f"for half of them")
     if steer.sampler != "ddpm" and steer.n_sample_steps is not None and steer.n_sample_steps > n_steps:

@@ -11,6 +11,7 @@ Planners (``steer.planners``; the first four share the base model):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,7 +21,14 @@ from relreward_cli.planning.rollout import Rollouts
 from relreward_cli.planning.scores import mean_and_sem
 
 PLANNERS = ("base", "guided", "ranked", "guided_ranked", "expert")
-REWARD_PLANNERS = ("guided", "ranked", "guided_ranked")  # the planners that read the extracted reward
+GUIDED_PLANNERS = ("guided", "guided_ranked")  # sample with reward guidance
+RANKED_PLANNERS = ("ranked", "guided_ranked")  # rank plans by the reward
+REWARD_PLANNERS = tuple(name for name in PLANNERS if name in (*GUIDED_PLANNERS, *RANKED_PLANNERS))  # read the reward
+
+
+def reads_reward(planners: Sequence[str]) -> bool:
+    """Whether any of ``planners`` (names of :data:`PLANNERS`) reads the extracted reward."""
+    return bool(set(REWARD_PLANNERS) & set(planners))
 
 
 def episode_seeds(seed: int, n_episodes: int) -> list[int]:

@@ -21,7 +21,7 @@ from relreward_cli.diffusion.artifact import (
     space_mismatches,
 )
 from relreward_cli.errors import UserError
-from relreward_cli.planning.evaluation import PLANNERS, REWARD_PLANNERS
+from relreward_cli.planning.evaluation import PLANNERS, reads_reward
 from relreward_cli.planning.guidance import RewardGuide
 from relreward_cli.reward.trainer import load_reward_model, reward_file
 from relreward_cli.stages.common import (
@@ -42,7 +42,7 @@ def made_from(cfg: DictConfig, base_model: Path, expert_model: Path, reward_mode
     """The provenance of an evaluation: the steering settings and seed, and the digests of the models it reads
     (the reward model only when a planner of ``steer.planners`` uses it)."""
     models = {"base_model": model_file(base_model), "expert_model": model_file(expert_model)}
-    if set(REWARD_PLANNERS) & set(cfg.steer.planners):
+    if reads_reward(cfg.steer.planners):
         models["reward_model"] = reward_file(reward_model)
     return provenance.record({"stage": "steer-eval", "env": cfg.env.name,
                               **config_subset(cfg, {"seed": (), "steer": ()})}, models)
@@ -58,14 +58,14 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     _check_there_is_something_to_steer(cfg)
     for model in (base_model, expert_model):
         provenance.check_output(model_file(model), "relreward train-diffusion")
-    if set(REWARD_PLANNERS) & set(sc.planners):
+    if reads_reward(sc.planners):
         provenance.check_output(reward_file(reward_model), "relreward extract")
     domain.check_config(cfg)
     device = torch_device(cfg)
     base, expert = load_diffusion_model(base_model, device), load_diffusion_model(expert_model, device)
     check_compatible(base, expert)
     guide = None
-    if set(REWARD_PLANNERS) & set(sc.planners):
+    if reads_reward(sc.planners):
         guide = RewardGuide(load_reward_model(reward_model, device), sc.scale, sc.n_guide_steps, sc.t_stopgrad,
                             sc.scale_grad_by_std, sc.rank_t, sc.grad_clip)
     check_model_settings_not_given(cfg, base, "steer-eval", guide.reward if guide else None)
@@ -104,7 +104,7 @@ def _check_there_is_something_to_steer(cfg: DictConfig) -> None:
 
 def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> None:
     """Refuse settings given on the command line (or ``given``, keys) that this stage does not read."""
-    reward = ("reward",) if set(REWARD_PLANNERS) & set(cfg.steer.planners) else ()  # read when a planner uses it
+    reward = ("reward",) if reads_reward(cfg.steer.planners) else ()  # read when a planner uses it
     # the models' settings: checked once they are loaded
     check_settings_read(cfg, "steer-eval", (*MODEL_SECTIONS, *reward, "steer"), given)
 
@@ -112,7 +112,7 @@ def check_settings(cfg: DictConfig, given: Collection[str] | None = None) -> Non
 def main(cfg: DictConfig) -> dict:
     check_settings(cfg)
     _check_there_is_something_to_steer(cfg)  # before looking for models to read
-    reward = ("reward_model",) if set(REWARD_PLANNERS) & set(cfg.steer.planners) else ()
+    reward = ("reward_model",) if reads_reward(cfg.steer.planners) else ()
     inputs = resolve_inputs(cfg, "steer-eval", ("base_model", "expert_model", *reward))
     return run(cfg, hydra_run_dir(), inputs["base_model"], inputs["expert_model"], inputs.get("reward_model"),
                start_afresh=cfg.overwrite)
