@@ -11,11 +11,14 @@ checked where it is read.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import math
 import re
 import typing
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -371,22 +374,67 @@ def _unresolvable(cfg: DictConfig) -> str | None:
     return None
 
 
+ENV_REFERENCE = re.compile(r"\$\{(?:oc\.select:)?(env\.[\w.]+)")
+"""A value built from an env setting (``${oc.select:env.horizon,32}`` -> ``env.horizon``)."""
+
+
+@functools.cache
+def env_settings_the_configs_read(config_dir: Path) -> dict[str, tuple[str, ...]]:
+    """The env settings that the configs outside ``env/`` build other settings from, each with where
+    (``env.horizon`` -> ``("horizon (base.yaml)",)``): the optional settings an env may give, which act only
+    through the settings they feed. The env's name, which every stage reads, is left out."""
+    import yaml
+
+    found: dict[str, list[str]] = {}
+
+    def visit(node: Any, key: str, file: str) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                visit(value, f"{key}.{name}" if key else str(name), file)
+        elif isinstance(node, str):
+            for env_key in ENV_REFERENCE.findall(node):
+                found.setdefault(env_key, []).append(f"{key} ({file})")
+
+    for path in sorted(config_dir.rglob("*.yaml")):
+        relative = path.relative_to(config_dir)
+        if relative.parts[0] not in ("env", "hydra"):
+            visit(yaml.safe_load(path.read_text()) or {}, "", relative.as_posix())
+    found.pop("env.name", None)
+    return {key: tuple(dict.fromkeys(where)) for key, where in found.items()}
+
+
+def keys_overlap(a: str, b: str) -> bool:
+    """One dotted key is the other or inside it (``env.quick_steer`` and ``env.quick_steer.scale``)."""
+    return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
 OPEN_SECTIONS = ("hydra", "env")
-"""Where a `+key=value` override may add a setting: Hydra's own keys (a launcher's extra parameters), and the env's,
-whose optional keys the shared config reads with a default (``${oc.select:env.horizon,32}``)."""
+"""Where a `+key=value` override may add a setting: Hydra's own keys (a launcher's extra parameters), and the env's
+optional ones, which the shared configs read with a default (``${oc.select:env.horizon,32}``;
+:func:`env_settings_the_configs_read`)."""
 
 
 def _added_key_problems(cfg: DictConfig, overrides: Sequence[str], groups: Collection[str]) -> list[str]:
-    """Settings that `+key=value` overrides add where nothing reads them (`+sede=3`). A `+` is needed only for a key
-    the config does not have, so outside :data:`OPEN_SECTIONS` and config groups (`+experiment=smoke`) it adds a
-    misspelt or unknown setting; the typed sections name their own unknown keys."""
+    """Settings that `+key=value` overrides add where nothing reads them (`+sede=3`, `+env.hoizon=48`). A `+` is
+    needed only for a key the config does not have, so outside :data:`OPEN_SECTIONS` and config groups
+    (`+experiment=smoke`) it adds a misspelt or unknown setting, and so it does in the env where no config reads the
+    key; the typed sections name their own unknown keys."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from relreward_cli.cli import CONFIG_DIR
 
     added = [override for override in OverridesParser.create().parse_overrides(list(overrides)) if override.is_add()]
     added_keys = {override.key_or_group for override in added}
+    optional_env = env_settings_the_configs_read(CONFIG_DIR)
     problems = []
     for override in added:
         key = override.key_or_group
+        if key.startswith("env.") and not any(keys_overlap(key, known) for known in optional_env):
+            nearest = difflib.get_close_matches(key, optional_env, n=3, cutoff=0.6) or sorted(optional_env)
+            problems.append(f"+{key}={override.get_value_element_as_str()}: no config reads the env setting {key} "
+                            f"(misspelt?), so nothing would read it; the optional env settings "
+                            f"{'nearest to it' if nearest != sorted(optional_env) else 'are'}: {', '.join(nearest)}")
+            continue
         if key.split(".")[0] in (*OPEN_SECTIONS, *SECTIONS) or key in groups:
             continue
         parent = key.rpartition(".")[0]

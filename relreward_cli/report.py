@@ -135,20 +135,28 @@ def _read_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
+MAX_RUN_DEPTH = 6
+"""How many folders below the report's folder a run folder may lie (``runs/multirun/pipeline/<job>`` is 3 below
+``runs``); deeper folders are not searched, so that ``relreward report ~`` ends."""
+
+
 def find_runs(sweep: Path) -> list[Run]:
-    """Every run folder under ``sweep``: the outermost folders holding a ``config.yaml`` (the stage folders
-    inside a pipeline run, and hidden ``.hydra``/``.submitit``/``wandb`` folders, are not runs of their own)."""
+    """Every run folder under ``sweep`` (at most :data:`MAX_RUN_DEPTH` below it): the outermost folders holding a
+    relreward ``config.yaml`` (one with an env and a seed; the stage folders inside a pipeline run, and hidden
+    ``.hydra``/``.submitit``/``wandb`` folders, are not runs of their own)."""
     runs: list[Run] = []
     for dirpath, dirnames, filenames in os.walk(sweep):
         here = Path(dirpath)
         hydra_job = (here / ".hydra" / "config.yaml").is_file()
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(HIDDEN) and d != "wandb")
+        deep_enough = len(here.relative_to(sweep).parts) >= MAX_RUN_DEPTH
+        dirnames[:] = [] if deep_enough else sorted(d for d in dirnames if not d.startswith(HIDDEN) and d != "wandb")
         if "config.yaml" not in filenames and not hydra_job:
             continue
-        dirnames[:] = []  # the stage folders of a pipeline run are part of it
         config, metrics = {}, None
         try:  # a job that died before its stage wrote config.yaml still has Hydra's copy
             config = _read_yaml(here / ("config.yaml" if "config.yaml" in filenames else ".hydra/config.yaml")) or {}
+            if isinstance(config, dict) and not {"env", "seed"} <= config.keys():
+                continue  # another program's config.yaml: look further down
             if not isinstance(config, dict):
                 raise ValueError("its config.yaml does not hold a mapping")
             metrics = json.loads((here / "metrics.json").read_text()) if "metrics.json" in filenames else None
@@ -157,6 +165,7 @@ def find_runs(sweep: Path) -> list[Run]:
         except Exception as err:  # a half-written file of a run in progress: report it as unfinished
             log.warning("Leaving out the results of %s, which cannot be read (%s)", here, err)
             config, metrics = (config if isinstance(config, dict) else {}), None
+        dirnames[:] = []  # the stage folders of a pipeline run are part of it
         if ERROR_FILE in filenames and metrics is not None:
             # Its last attempt failed after an earlier one finished, having changed what it held (a refusal that
             # leaves the finished run as it was writes no error.txt): the earlier results are not the run's now.

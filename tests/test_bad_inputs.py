@@ -80,6 +80,8 @@ def _assert_refused(proc, *message: str) -> None:
     # a `+` adds a key the config does not have: outside the env's and Hydra's keys, nothing would read it
     (["+sede=3"], ("+sede=3: there is no setting sede (misspelt?), so nothing would read it; the top-level settings "
                    "are ", "seed, device")),
+    (["+env.hoizon=48"], "+env.hoizon=48: no config reads the env setting env.hoizon (misspelt?), so nothing would "
+                         "read it; the optional env settings nearest to it: env.horizon"),
     (["+logger.projct=x", "train.n_steps=abc"],
      ("+logger.projct=x: there is no setting logger.projct (misspelt?)", "logger's settings are mode, project",
       "train.n_steps=abc: must be an integer")),
@@ -87,8 +89,8 @@ def _assert_refused(proc, *message: str) -> None:
 def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path, overrides, message):
     run_root = tmp_path / "runs"
     # train-diffusion refuses settings it does not read before checking their values; the pipeline reads them all
-    stage = "pipeline" if any(key.lstrip("+").startswith(("extract.", "steer.")) for key in overrides) \
-        else "train-diffusion"
+    read_by_others = ("extract.", "steer.", "env.evaluate.", "env.generate.")
+    stage = "pipeline" if any(key.lstrip("+").startswith(read_by_others) for key in overrides) else "train-diffusion"
     proc = cli([stage, *smoke_data.overrides(run_root), "logger.mode=disabled", *overrides], tmp_path)
     _assert_refused(proc, *((message,) if isinstance(message, str) else message), "nothing was run")
     made = [path.name for path in run_root.rglob("*") if path.is_file() and ".hydra" not in path.parts]
@@ -281,7 +283,19 @@ def test_settings_a_stage_does_not_read_are_refused(cli, trained, tmp_path):
             (["train-diffusion", "kind=base"], ["env.steer_sampler=ddim"],
              ["train-diffusion does not read env.steer_sampler (sets steer.sampler, read by steer-eval)"]),
             (["steer-eval", *models], ["+env.prediction=x0"],
-             ["env.prediction=x0 (sets diffusion.prediction; the models have eps) would not act"])):
+             ["env.prediction=x0 (sets diffusion.prediction; the models have eps) would not act"]),
+            # env settings the family says only some stages read
+            (["train-diffusion", "kind=base"], ["env.evaluate.windows=100", "env.generate.seed=3"],
+             ["train-diffusion does not read env.evaluate.windows (read by extract), env.generate.seed (read by "
+              "make-dataset and extract)"]),
+            (["extract", *models[:2]], ["env.generate.base.n_episodes=3"],
+             ["extract does not read env.generate.base.n_episodes (read by make-dataset)"]),
+            (["pipeline"], ["env.goal_set=[[1,1]]"], ["pipeline does not read env.goal_set (read by no stage)",
+                                                      "Scripts read it from the env's YAML file"]),
+            # an env setting whose setting the preset gives itself (experiment=smoke: horizon: 8)
+            (["train-diffusion", "kind=base"], ["+env.horizon=16"],
+             ["env.horizon=16 would not act: the configs read it only to set horizon (base.yaml), and here horizon "
+              "does not come from it (horizon=8)"])):
         out = tmp_path / stage[0]
         proc = cli([*stage, *trained["common"], *given, f"hydra.run.dir={out}"], trained["root"])
         _assert_refused(proc, *said, "Nothing was run")
@@ -294,7 +308,7 @@ def test_an_env_setting_is_read_where_any_setting_it_sets_is_read():
     from relreward_cli.errors import UserError
     from relreward_cli.stages.common import check_settings_read
 
-    cfg = OmegaConf.create({"env": {"both": 1, "steer_only": 2}, "train": {"lr": "${env.both}"},
+    cfg = OmegaConf.create({"env": {"family": "maze2d", "both": 1, "steer_only": 2}, "train": {"lr": "${env.both}"},
                             "steer": {"scale": "${oc.select:env.both,3}", "eta": "${env.steer_only}"}})
     check_settings_read(cfg, "train-diffusion", ("train",), {"env.both", "env"})  # acts through train.lr
     with pytest.raises(UserError, match=r"does not read env.steer_only \(sets steer.eta, read by steer-eval\)"):
@@ -367,8 +381,8 @@ def test_models_of_data_made_again_since_are_refused(cli, trained, tmp_path, sta
     cli([stage, *common, *models, f"hydra.run.dir={out}", *(["steer.n_episodes=1"] if stage == "steer-eval" else [])],
         trained["root"], check=True)  # the same data, copied: accepted
     cli(["make-dataset", *common, "env.generate.seed=1", "overwrite=true"], trained["root"], check=True)
-    proc = cli([stage, *common, *models, "env.generate.seed=1", "overwrite=true", f"hydra.run.dir={out}"],
-               trained["root"])
+    recipe = ["env.generate.seed=1"] if stage == "extract" else []  # extract draws fresh episodes with it
+    proc = cli([stage, *common, *models, *recipe, "overwrite=true", f"hydra.run.dir={out}"], trained["root"])
     _assert_refused(proc, f"The base model {trained['base'] / 'model.pt'} was made from other contents of",
                     "the data were made again since", "Nothing was run")
 
@@ -522,17 +536,20 @@ def test_fewer_steps_than_a_finished_run_has_are_refused(cli, trained):
     _assert_refused(proc, "extract.n_steps=10, but the folder's run is at step 20")
 
 
-def test_extract_refuses_one_model_as_base_and_expert(cli, trained, tmp_path):
-    proc = cli(["extract", *trained["common"], f"base_model={trained['base']}", f"expert_model={trained['base']}",
-                f"hydra.run.dir={tmp_path / 'x'}"], trained["root"])
+@pytest.mark.parametrize(("stage", "made"), [("extract", "checkpoint.pt"), ("steer-eval", "provenance.json")])
+def test_one_model_as_base_and_expert_is_refused(cli, trained, tmp_path, stage, made):
+    """extract would learn a reward of zero; steer-eval would roll out the base planner as the expert's."""
+    reward = [f"reward_model={trained['extract']}"] if stage == "steer-eval" else []
+    proc = cli([stage, *trained["common"], f"base_model={trained['base']}", f"expert_model={trained['base']}",
+                *reward, f"hydra.run.dir={tmp_path / 'x'}"], trained["root"])
     _assert_refused(proc, "base_model and expert_model are one model", "Nothing was run")
-    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+    assert not (tmp_path / "x" / made).exists()
     copy = tmp_path / "copy-of-base"  # the same model under another path
     shutil.copytree(trained["base"], copy)
-    proc = cli(["extract", *trained["common"], f"base_model={trained['base']}", f"expert_model={copy}",
+    proc = cli([stage, *trained["common"], f"base_model={trained['base']}", f"expert_model={copy}", *reward,
                 f"hydra.run.dir={tmp_path / 'x'}"], trained["root"])
     _assert_refused(proc, "base_model and expert_model are one model", "equal byte for byte")
-    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+    assert not (tmp_path / "x" / made).exists()
 
 
 def test_steer_eval_refuses_to_replace_an_evaluation_of_other_settings(cli, trained, tmp_path):

@@ -136,3 +136,26 @@ def test_the_horizon_check_applies_where_samples_are_horizon_rows():
         "(dim_mults=(1, 1, 1, 1, 1, 1, 1)) halves the horizon 6 times. Choose a horizon divisible by 64 or fewer "
         "levels."]
     assert _horizon_problems(config("stable_diffusion")) == []
+
+
+@pytest.mark.parametrize("name", families.known_families())
+def test_the_env_settings_only_some_stages_read_are_settings_of_the_env_read_by_stages(name):
+    """Each entry of a family's `env_settings_by_stage` is a setting of one of its env configs (a misspelt one would
+    leave the real setting read everywhere) and names stages the CLI has."""
+    from relreward_cli.cli import STAGES
+
+    family = families.family_named(name)
+    configs = (yaml.safe_load(path.read_text()) for path in sorted((REPO / "configs" / "env").glob("*.yaml")))
+    envs = [env for env in configs if env["family"] == name]
+    for key, stages in family.env_settings_by_stage.items():
+        assert any(OmegaConf.select(OmegaConf.create(env), key) is not None for env in envs), key
+        assert set(stages) <= set(STAGES) - {"pipeline", "report"}, stages
+
+
+def test_a_setting_falls_under_its_most_specific_entry():
+    maze = families.family_named("maze2d")
+    assert maze.stages_reading("env.generate.seed") == ("make-dataset", "extract")
+    assert maze.stages_reading("env.generate.base.n_episodes") == ("make-dataset",)
+    assert maze.stages_reading("env.evaluate") == ("extract",)
+    assert maze.stages_reading("env.goal_set") == ()
+    assert maze.stages_reading("env.goal_cell") is None and maze.stages_reading("env.generated") is None

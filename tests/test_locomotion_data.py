@@ -132,6 +132,24 @@ def test_authors_formulation_and_quick_steering_presets():
         "score", 0.0, 0.5)
 
 
+def test_env_settings_of_a_preset_act_only_under_it():
+    """The quick preset builds settings from the env's quick_* settings: given under it, one acts where the setting it
+    builds is read (env.quick_sac_steps sets the SAC budget, which make-dataset reads) and is refused elsewhere;
+    without the preset it acts nowhere and is refused everywhere, naming the preset's file."""
+    from relreward_cli.stages.common import check_settings_read
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        quick = compose("make_dataset", ["env=hopper", "experiment=locomotion_quick"])
+        plain = compose("make_dataset", ["env=hopper"])
+    check_settings_read(quick, "make-dataset", (), {"env.quick_sac_steps"})
+    with pytest.raises(UserError, match=r"train-diffusion does not read env.quick_sac_steps \(sets "
+                                        r"env.generate.sac.total_steps, read by make-dataset\)"):
+        check_settings_read(quick, "train-diffusion", ("train",), {"env.quick_sac_steps"})
+    with pytest.raises(UserError, match=r"env.quick_steer.scale=0.3 would not act: the configs read it only to set "
+                                        r"steer.scale \(experiment/locomotion_quick.yaml\)"):
+        check_settings_read(plain, "pipeline", ("steer",), {"env.quick_steer.scale"})
+
+
 def test_missing_stable_baselines3_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)  # `import stable_baselines3` raises ImportError
     with pytest.raises(UserError, match=r"pip install 'relreward\[locomotion\]'"):

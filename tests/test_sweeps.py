@@ -512,3 +512,21 @@ def test_report_of_a_goal_sweep_gives_mean_and_worst_goal_and_one_figure_of_ever
     # task means 0.85, 0.6, 0.7: mean 0.717, s.e. 0.073, worst 0.6
     assert "| maze2d_umaze | 3 | 0.717 ± 0.073, worst 0.600 |" in over
     assert written["goals"].is_file() and "reward_maps_by_task.png" in text
+
+
+def test_report_finds_runs_by_their_config_and_no_deeper_than_run_folders_lie(tmp_path):
+    """Another program's config.yaml is no run (the search goes on below it), and the search stops
+    MAX_RUN_DEPTH folders down, so that a report of a home folder or / ends."""
+    import yaml
+
+    from relreward_cli.report import MAX_RUN_DEPTH, find_runs
+
+    def run_at(folder: Path) -> None:
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "maze2d_umaze"}, "seed": 0}))
+
+    (tmp_path / "tool").mkdir()
+    (tmp_path / "tool" / "config.yaml").write_text("verbose: true\n")
+    run_at(tmp_path / "tool" / "runs" / "pipeline" / "a")
+    run_at(tmp_path.joinpath(*(["deep"] * MAX_RUN_DEPTH), "b"))
+    assert [run.path for run in find_runs(tmp_path)] == [tmp_path / "tool" / "runs" / "pipeline" / "a"]

@@ -9,8 +9,9 @@ implementing :class:`EnvFamily` plus one env YAML under ``configs/env/``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from omegaconf import DictConfig
 
@@ -34,6 +35,19 @@ class EnvFamily(ABC):
     network: str = "temporal"
     pretrained_models: bool = False  # compares two given models: nothing to train, its own extraction
     samples_of_horizon: bool = True  # samples are `horizon` rows, so the networks built from config halve it
+    env_settings_by_stage: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    """Env settings (keys or sections under ``env``, e.g. ``evaluate``) that only some stages read, with those stages;
+    every stage reads the others. A stage given one it does not read refuses it (``relreward pipeline`` runs them
+    all), since the value would not act."""
+
+    def stages_reading(self, key: str) -> tuple[str, ...] | None:
+        """The stages that read the env setting ``key`` (``env.generate.seed``): those of the most specific entry of
+        :attr:`env_settings_by_stage` it falls under, or None (every stage) where none does."""
+        parts = key.removeprefix("env.").split(".")
+        for n in range(len(parts), 0, -1):
+            if (stages := self.env_settings_by_stage.get(".".join(parts[:n]))) is not None:
+                return stages
+        return None
 
     def check_config(self, cfg: DictConfig) -> None:
         """Refuse (``UserError``) a config this family cannot run, before any work. Default: none to refuse."""

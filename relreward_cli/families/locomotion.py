@@ -5,6 +5,8 @@ return."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import ClassVar
 
 from omegaconf import DictConfig
 
@@ -25,6 +27,7 @@ from relreward_cli.stages.common import data_root
 
 class LocomotionFamily(TrajectoryFamily):
     name = "locomotion"
+    env_settings_by_stage: ClassVar[Mapping[str, tuple[str, ...]]] = {"generate": ("make-dataset",)}  # SAC and data
 
     @one_writer_at_a_time
     def make_datasets(self, cfg: DictConfig, kinds: tuple[str, ...], overwrite: bool) -> dict[str, dict]:

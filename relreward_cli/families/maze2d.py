@@ -5,7 +5,9 @@ track planned states with a PD controller, scored by reaching the goal."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -79,6 +81,12 @@ def _is_count(value: object) -> bool:
 
 class Maze2DFamily(TrajectoryFamily):
     name = "maze2d"
+    env_settings_by_stage: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "generate": ("make-dataset", "extract"),  # the recipe: extract draws its fresh episodes with it
+        "generate.base": ("make-dataset",), "generate.expert": ("make-dataset",),  # the training data's sizes
+        "evaluate": ("extract",),
+        "goal_set": (),  # read from the env's YAML file by scripts/goal_sweep.sh (GOALS= chooses others)
+    }
 
     def check_config(self, cfg: DictConfig) -> None:
         """The goal is a free cell, episodes (made and fresh) are long enough to cut segments from, and the

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from relreward_cli import provenance
+from relreward_cli.config_schema import ENV_REFERENCE, env_settings_the_configs_read, keys_overlap
 from relreward_cli.diffusion.artifact import DiffusionSpec, TrainedDiffusion
 from relreward_cli.errors import UserError
 from relreward_cli.tracking import RunTracker
@@ -40,25 +40,44 @@ def command_line_keys() -> set[str]:
     return {override.key_or_group for override in overrides}
 
 
-ENV_REFERENCE = re.compile(r"\$\{(?:oc\.select:)?(env\.[\w.]+)")
-
-
-def settings_fed_by_env(cfg: DictConfig) -> dict[str, str]:
-    """The settings outside ``env`` whose value comes from an env setting (``steer.scale:
-    ${oc.select:env.steer_scale,3.0}`` -> ``{"steer.scale": "env.steer_scale"}``): a value given to that env setting
-    acts through them, and only where they are read."""
-    fed: dict[str, str] = {}
+def settings_fed_by_env(cfg: DictConfig) -> dict[str, tuple[str, ...]]:
+    """The settings whose value comes from env settings, each with those (``steer.scale:
+    ${oc.select:env.steer_scale,3.0}`` -> ``{"steer.scale": ("env.steer_scale",)}``; within the env too, as
+    ``env.generate.sac.total_steps`` from ``env.quick_sac_steps`` under ``experiment=locomotion_quick``): a value given
+    to such an env setting acts through them, and only where they are read."""
+    fed: dict[str, tuple[str, ...]] = {}
 
     def visit(node: Any, key: str) -> None:
         if isinstance(node, dict):
             for name, value in node.items():
                 visit(value, f"{key}.{name}" if key else str(name))
-        elif isinstance(node, str) and (found := ENV_REFERENCE.search(node)):
-            fed[key] = found.group(1)
+        elif isinstance(node, str) and (found := ENV_REFERENCE.findall(node)):
+            fed[key] = tuple(found)
 
-    visit({name: value for name, value in OmegaConf.to_container(cfg, resolve=False).items()
-           if name not in ("env", "hydra")}, "")
+    visit({name: value for name, value in OmegaConf.to_container(cfg, resolve=False).items() if name != "hydra"}, "")
     return fed
+
+
+def _env_settings_acting_nowhere(cfg: DictConfig, given: Collection[str]) -> list[str]:
+    """Given env settings that the configs read only to build other settings (:func:`env_settings_the_configs_read`)
+    but that build none in this config: ``+env.horizon=16`` under ``experiment=smoke``, which sets ``horizon: 8``
+    itself, or ``env.quick_steer.scale=1`` without ``experiment=locomotion_quick``, the preset that reads it."""
+    from relreward_cli.cli import CONFIG_DIR
+
+    read_by_configs = env_settings_the_configs_read(CONFIG_DIR)
+    fed = settings_fed_by_env(cfg)
+    problems = []
+    for key in sorted(key for key in given if key.startswith("env.")):
+        where = [place for env_key, places in read_by_configs.items() if keys_overlap(env_key, key) for place in places]
+        if not where or any(keys_overlap(source, key) for sources in fed.values() for source in sources):
+            continue
+        targets = dict.fromkeys(place.split(" (")[0] for place in where)
+        now = ", ".join(f"{target} from {'/'.join(fed[target])}" if target in fed
+                        else f"{target}={_as_override(OmegaConf.select(cfg, target))}" for target in targets)
+        names = f"{next(iter(targets))} does" if len(targets) == 1 else f"none of {', '.join(targets)} do"
+        problems.append(f"{key}={_as_override(OmegaConf.select(cfg, key))} would not act: the configs read it only to "
+                        f"set {', '.join(where)}, and here {names} not come from it ({now})")
+    return problems
 
 
 def given_settings(cfg: DictConfig, given: Collection[str] | None = None) -> dict[str, str]:
@@ -67,10 +86,11 @@ def given_settings(cfg: DictConfig, given: Collection[str] | None = None) -> dic
     ``env.horizon=48`` gives ``horizon`` as ``env.horizon``)."""
     given = command_line_keys() if given is None else set(given)
     settings = {key: key for key in given}
-    env_keys = {key for key in given if key.startswith("env.")}  # not `env` itself: the group's choice
-    for key, env_key in settings_fed_by_env(cfg).items():
-        if key not in settings and any(env_key == set_ or env_key.startswith(f"{set_}.") for set_ in env_keys):
-            settings[key] = env_key
+    env_keys = sorted(key for key in given if key.startswith("env."))  # not `env` itself: the group's choice
+    for key, sources in settings_fed_by_env(cfg).items():
+        through = [set_ for set_ in env_keys if any(keys_overlap(source, set_) for source in sources) and set_ != key]
+        if key not in settings and through:
+            settings[key] = through[0]
     return settings
 
 
@@ -119,22 +139,40 @@ SETTINGS_BY_STAGE = {**dict.fromkeys((*MODEL_SECTIONS, "train"), "train-diffusio
 
 def check_settings_read(cfg: DictConfig, stage: str, reads: Collection[str], given: Collection[str] | None = None,
                         hint: str = "") -> None:
-    """Refuse given settings of :data:`SETTINGS_BY_STAGE` whose key or section is not in ``reads`` (what ``stage``
-    reads; a stage that loads models reads their settings from them, see :func:`check_model_settings_not_given`):
-    ``relreward train-diffusion extract.n_steps=5`` would otherwise run as if it had not been given, and so would
-    ``env.steer_scale=1``, which acts through ``steer.scale``. ``given``: the keys set (default: this job's command
-    line; see :func:`given_settings`); ``hint``: a sentence on how to make them act."""
-    given = given_settings(cfg, given)
+    """Refuse given settings that ``stage`` does not read: of :data:`SETTINGS_BY_STAGE`, those whose key or section is
+    not in ``reads`` (a stage that loads models reads their settings from them, see
+    :func:`check_model_settings_not_given`); of the env's, those its kind of env says other stages read
+    (:meth:`EnvFamily.stages_reading`; ``relreward pipeline`` runs them all) and those that build nothing in this config
+    (:func:`_env_settings_acting_nowhere`). ``relreward train-diffusion extract.n_steps=5`` would otherwise run as if
+    it had not been given, and so would ``env.steer_scale=1``, which acts through ``steer.scale``, and
+    ``env.evaluate.windows=100``, read by extract. ``given``: the keys set (default: this job's command line; see
+    :func:`given_settings`); ``hint``: a sentence on how to make them act."""
+    from relreward_cli import families
 
-    def unread(key: str) -> bool:
-        return key.split(".")[0] in SETTINGS_BY_STAGE and key.split(".")[0] not in reads
+    given = given_settings(cfg, given)
+    if nowhere := _env_settings_acting_nowhere(cfg, [key for key, how in given.items() if how == key]):
+        raise UserError(f"{'; '.join(nowhere)}. Give the setting itself, or choose the preset (experiment=, "
+                        "formulation=) that reads the env setting. Nothing was run.")
+    domain = families.of(cfg)
+
+    def readers(key: str) -> str | None:
+        """Who reads ``key``, when ``stage`` does not."""
+        if not key.startswith("env."):
+            section = key.split(".")[0]
+            return SETTINGS_BY_STAGE[section] if section in SETTINGS_BY_STAGE and section not in reads else None
+        stages = domain.stages_reading(key)
+        if stages is None or stage in stages or (stage == "pipeline" and stages):
+            return None
+        return " and ".join(stages) or "no stage"
 
     # an env setting that sets several settings acts where any of them is read
-    acting = {how for key, how in given.items() if how != key and not unread(key)}
-    ignored = sorted(key for key in given if unread(key) and given[key] not in acting)
+    acting = {how for key, how in given.items() if how != key and readers(key) is None}
+    ignored = {key: who for key in sorted(given) if (who := readers(key)) is not None and given[key] not in acting}
     if ignored:
-        named = ", ".join(f"{given[key]} ({'' if given[key] == key else f'sets {key}, '}read by "
-                          f"{SETTINGS_BY_STAGE[key.split('.')[0]]})" for key in ignored)
+        named = ", ".join(f"{given[key]} ({'' if given[key] == key else f'sets {key}, '}read by {who})"
+                          for key, who in ignored.items())
+        if all(who == "no stage" for who in ignored.values()):
+            hint = "Scripts read it from the env's YAML file, if at all."
         hint = hint or "Give it to the stage that reads it, or to relreward pipeline, which runs them all."
         raise UserError(f"{stage} does not read {named}, so the command line's value would not act. {hint} "
                         "Nothing was run.")
@@ -165,6 +203,17 @@ def check_models_fit_the_env(cfg: DictConfig, base: TrainedDiffusion, expert: Tr
                 "(env.base_data, env.expert_data; for Maze2D they follow env.goal_cell), so it would be scored "
                 "against another env's ground truth. Give the env settings the models were trained with (e.g. "
                 "env.goal_cell=...), or pass models trained on these datasets. Nothing was run.")
+
+
+def check_two_models(base_file: Path, expert_file: Path, consequence: str) -> None:
+    """Refuse a base and an expert model that are one file, or two files equal byte for byte; ``consequence`` says
+    what the stage would make of them (``the relative reward ... is zero everywhere``)."""
+    one_file = base_file.resolve() == expert_file.resolve()
+    if one_file or (base_file.is_file() and expert_file.is_file()
+                    and provenance.digest(base_file) == provenance.digest(expert_file)):
+        same = base_file if one_file else f"{base_file} and {expert_file} are equal byte for byte"
+        raise UserError(f"base_model and expert_model are one model ({same}): {consequence}. Pass the base and the "
+                        "expert models trained on the two datasets. Nothing was run.")
 
 
 def check_made_from_these_data(models: Mapping[str, Any], data: Mapping[str, Path]) -> None:

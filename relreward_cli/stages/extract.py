@@ -21,6 +21,7 @@ from relreward_cli.stages.common import (
     check_model_settings_not_given,
     check_models_fit_the_env,
     check_settings_read,
+    check_two_models,
     config_subset,
     hydra_run_dir,
     log_to,
@@ -65,13 +66,7 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, gr
     base_file, expert_file = model_file(base_model), model_file(expert_model)
     for model_path in (base_file, expert_file):  # first: a replaced file explains why two models may be one
         provenance.check_output(model_path, "relreward train-diffusion")
-    one_file = base_file.resolve() == expert_file.resolve()
-    if one_file or (base_file.is_file() and expert_file.is_file()
-                    and provenance.digest(base_file) == provenance.digest(expert_file)):
-        same = base_file if one_file else f"{base_file} and {expert_file} are equal byte for byte"
-        raise UserError(f"base_model and expert_model are one model ({same}): the relative reward of a model over "
-                        "itself is zero everywhere. Pass the base and the expert models trained on the two datasets. "
-                        "Nothing was run.")
+    check_two_models(base_file, expert_file, "the relative reward of a model over itself is zero everywhere")
     domain = families.of(cfg)
     domain.check_config(cfg)
     device = torch_device(cfg)

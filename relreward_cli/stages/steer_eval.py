@@ -30,6 +30,7 @@ from relreward_cli.stages.common import (
     check_model_settings_not_given,
     check_models_fit_the_env,
     check_settings_read,
+    check_two_models,
     config_subset,
     hydra_run_dir,
     torch_device,
@@ -58,6 +59,8 @@ def run(cfg: DictConfig, run_dir: Path, base_model: Path, expert_model: Path, re
     _check_there_is_something_to_steer(cfg)
     for model in (base_model, expert_model):
         provenance.check_output(model_file(model), "relreward train-diffusion")
+    check_two_models(model_file(base_model), model_file(expert_model),
+                     "the expert planner would be the base planner, and the comparison of the two would show nothing")
     if reads_reward(sc.planners):
         provenance.check_output(reward_file(reward_model), "relreward extract")
     domain.check_config(cfg)
