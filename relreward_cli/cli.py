@@ -116,6 +116,11 @@ def report_user_errors(stage_main: Callable) -> Callable:
 
         from relreward_cli import provenance
 
+        if "SUBMITIT_LOCAL_JOB_ID" in os.environ and threading.current_thread() is threading.main_thread():
+            # a job of the local launcher, whose controller starts with Ctrl-C ignored: the job takes it back
+            # (hydra_plugins/relreward_launchers)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
         hydra_config = HydraConfig.get()
         run_dir = Path(hydra_config.runtime.output_dir)
         overrides = list(hydra_config.overrides.task)  # this command's, even if another one rewrites .hydra/
@@ -177,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     # as an unknown argument: --multirun goes first
     multirun = [arg for arg in argv[1:] if arg in ("-m", "--multirun")]
     argv = [stage, *multirun[:1], *(arg for arg in argv[1:] if arg not in ("-m", "--multirun"))]
+    if multirun and (other := [arg for arg in argv[1:] if arg in ("-c", "--cfg", "-i", "--info", "-r", "--run")]):
+        print(f"relreward: error: {multirun[0]} and {other[0]} cannot go together: {other[0]} shows one job's config "
+              f"or Hydra's information and runs nothing. Drop {multirun[0]} (and give one value of each swept "
+              f"setting) to see a job's config, or drop {other[0]} to launch the sweep.", file=sys.stderr)
+        return 2
     problem = launcher_problem(argv[1:])
     if problem:
         print(f"relreward: error: {problem}", file=sys.stderr)

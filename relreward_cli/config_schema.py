@@ -312,6 +312,11 @@ def steering_problems(steer: DictConfig, n_steps: int, horizon: int, of_models: 
     if planners & set(RANKED_PLANNERS) and steer.rank_t is not None and steer.rank_t >= n_steps:
         problems.append(f"steer.rank_t={steer.rank_t} with {steps}: must be a diffusion step below {n_steps}, or null "
                         f"for half of them")
+    if steer.sampler == "ddpm" and steer.n_sample_steps not in (None, n_steps):
+        problems.append(f"steer.n_sample_steps={steer.n_sample_steps} with steer.sampler=ddpm and {steps}: DDPM "
+                        f"runs every diffusion step (an env may set a step count for its own sampler: "
+                        f"env.steer_n_sample_steps); add steer.n_sample_steps=null, or take fewer steps with "
+                        f"steer.sampler=ddim or dpm")
     if steer.sampler != "ddpm" and steer.n_sample_steps is not None and steer.n_sample_steps > n_steps:
         problems.append(f"steer.n_sample_steps={steer.n_sample_steps} with {steps}: a {steer.sampler} sampler takes "
                         f"at most that many steps")
@@ -488,11 +493,12 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] = (), groups: Collect
             problems.append(f"{name}={_shown(cfg[name])}: must be the {name} section (set its keys, e.g. "
                             f"{name}.{fields(schema)[0].name}=...)")
     run_name = cfg.get("name")
-    if run_name is not None and (not isinstance(run_name, str) or not run_name.strip() or run_name in (".", "..")
+    if run_name is not None and (not isinstance(run_name, str) or not run_name.strip()
+                             or run_name.startswith((".", "__"))
                              or any(separator in run_name for separator in ("/", "\\"))):
         shown = run_name if isinstance(run_name, str) and run_name.strip() else repr(run_name)
-        problems.append(f"name={shown}: must be a folder name (not empty, no / or \\): the run folder is "
-                        "<run_root>/<stage>/<name>")
+        problems.append(f"name={shown}: must be a folder name (not empty, no / or \\, not starting with . or __, "
+                        "which `relreward report` passes over as hidden): the run folder is <run_root>/<stage>/<name>")
     threads = cfg.get("threads")
     if threads is not None and (not _is_int(threads) or threads < 1):
         problems.append(f"threads={threads}: must be a positive integer or null (torch's default)")

@@ -54,6 +54,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     *[(f"{name} − base", f"{name}/vs_base_score_mean", "paired score difference to base")
       for name in REWARD_PLANNER_COLUMNS],
     *[(f"{name} success", f"{name}/success_rate", "success rate") for name in PLANNER_COLUMNS],
+    *[(f"{name} expert share", f"{name}/expert_share", "share of the expert's classes (images)")
+      for name in PLANNER_COLUMNS],
 ]
 # Overrides that never define a task: the seed (averaged over) and settings that do not change results.
 NOT_TASK_KEYS = ("seed", "run_root", "data_dir", "device", "threads", "base_model", "expert_model", "reward_model",
@@ -105,9 +107,12 @@ class Run:
         return "running, killed or failed without a message"
 
     def heatmap(self) -> Path | None:
+        """The run's reward map, from its own folder (a copied or moved sweep's runs keep theirs; the absolute path in
+        ``metrics.json`` may name the original's), else from that path."""
         candidates = [self.path / "extract" / "plots" / "reward_maps.png", self.path / "plots" / "reward_maps.png"]
         if self.metrics and isinstance(self.metrics.get("heatmap"), str):
-            candidates.insert(0, Path(self.metrics["heatmap"]))
+            recorded = Path(self.metrics["heatmap"])
+            candidates.append(recorded if recorded.is_absolute() else self.path / recorded)
         return next((p for p in candidates if p.is_file()), None)
 
 
@@ -188,20 +193,23 @@ def _task_overrides(run: Run) -> list[str]:
 
 
 def label_tasks(runs: list[Run]) -> None:
-    """Set ``run.task``: the env name, plus the swept overrides (other than the seed) that tell runs of one
-    env apart. A sweep over ``env`` x ``seed`` gives one task per env (overrides set per env, like the
-    paper's per-maze horizon, stay out of the label); a sweep over, say, ``steer.scale`` as well keeps each
+    """Set ``run.task``: the env name, plus the stage when runs of one env come from several (a pipeline beside a
+    stand-alone extract of its models is not a second seed), plus the swept overrides (other than the seed) that
+    tell runs of one env apart. A sweep over ``env`` x ``seed`` gives one task per env (overrides set per env, like
+    the paper's per-maze horizon, stay out of the label); a sweep over, say, ``steer.scale`` as well keeps each
     scale apart."""
     parsed = [dict(o.split("=", 1) for o in _task_overrides(run)) for run in runs]
     keys = {key for overrides in parsed for key in overrides}
     by_env: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     for run, overrides in zip(runs, parsed, strict=True):
+        by_env[run.env]["stage"].add(run.config.get("stage"))
         for key in keys:
             by_env[run.env][key].add(overrides.get(key))
     telling = sorted(key for key in keys if any(len(values[key]) > 1 for values in by_env.values()))
     for run, overrides in zip(runs, parsed, strict=True):
+        stage = [str(run.config.get("stage"))] if len(by_env[run.env]["stage"]) > 1 else []
         varying = [f"{key}={overrides[key]}" for key in telling if key in overrides]
-        run.task = run.env + (f" ({', '.join(varying)})" if varying else "")
+        run.task = run.env + (f" ({', '.join(stage + varying)})" if stage or varying else "")
 
 
 def _task_order(task: str) -> tuple:
@@ -235,8 +243,18 @@ def build_report(sweep: Path) -> Report:
         report.tasks.setdefault(run.task, []).append(run)
     report.columns = [col for col in COLUMNS if any(run.value(col[1]) is not None for run in runs)]
     if not report.columns:
-        report.notes.append("No run has a known result metric (pearson/*, */score_mean, */success_rate) yet.")
+        report.notes.append("No run has a known result metric (pearson/*, */score_mean, */success_rate, "
+                            "*/expert_share) yet.")
     return report
+
+
+def _sem_key(key: str) -> str:
+    """Where a run keeps the s.e. over its episodes of ``key``: ``guided/score_mean`` -> ``guided/score_sem``,
+    ``guided/success_rate`` -> ``guided/success_sem``, ``guided/expert_share`` -> ``guided/expert_share_sem``."""
+    for suffix in ("_mean", "_rate"):
+        if key.endswith(suffix):
+            return key.removesuffix(suffix) + "_sem"
+    return key + "_sem"
 
 
 def _cell(runs: list[Run], key: str) -> str:
@@ -248,7 +266,7 @@ def _cell(runs: list[Run], key: str) -> str:
     some = f" (n={len(values)} of {len(runs)})" if len(values) < len(runs) else ""
     if len(values) > 1:
         return "{:.3f} ± {:.3f}".format(*mean_sem(values)) + some
-    sem = runs[0].value(key.removesuffix("_mean") + "_sem") if key.endswith("_mean") and len(runs) == 1 else None
+    sem = runs[0].value(_sem_key(key)) if len(runs) == 1 else None
     return f"{values[0]:.3f}" + (f" ± {sem:.3f}" if sem is not None else "") + some
 
 

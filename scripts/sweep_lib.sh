@@ -7,7 +7,7 @@
 sweep_init() {
   local script=$1 name=$2
   shift 2
-  launcher=slurm dry="" extra=() pids=() failed=0
+  launcher=slurm dry="" extra=() pids=() tasks=() failed_tasks=() failed=0
   for arg in "$@"; do
     case "$arg" in
       --local) launcher=local ;;
@@ -35,20 +35,26 @@ sweep_launch() {
   local cmd=("$@" "run_root=$RUN_ROOT" "hydra.sweep.dir=$SWEEP_DIR" "${launcher_args[@]}" "${extra[@]}")
   if [[ -n $dry ]]; then echo "${cmd[@]}"; return; fi
   if [[ $launcher == local ]]; then  # one machine: one task at a time (its seeds run side by side)
-    "${cmd[@]}" 2>&1 | tee "$SWEEP_DIR/launch-$task.log" || failed=1
+    "${cmd[@]}" 2>&1 | tee "$SWEEP_DIR/launch-$task.log" || { failed=$?; failed_tasks+=("$task"); }
   else                               # SLURM: all tasks queued at once
     echo "launching $task (log: $SWEEP_DIR/launch-$task.log)"
     "${cmd[@]}" >"$SWEEP_DIR/launch-$task.log" 2>&1 &
-    pids+=($!)
+    pids+=($!) tasks+=("$task")
   fi
 }
 
 sweep_finish() {
   [[ -n $dry ]] && { echo "$RELREWARD" report "$SWEEP_DIR"; exit 0; }
-  for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid" || failed=1; done
-  "$RELREWARD" report "$SWEEP_DIR"
+  local i task
+  for i in "${!pids[@]}"; do wait "${pids[$i]}" || { failed=$?; failed_tasks+=("${tasks[$i]}"); }; done
+  # the report of what finished; when a launch failed, its reason (not the report's) is what to see last
+  "$RELREWARD" report "$SWEEP_DIR" || [[ $failed != 0 ]] || exit $?
   if [[ $failed != 0 ]]; then
+    for task in "${failed_tasks[@]}"; do
+      echo "== $task: the launch failed; the end of $SWEEP_DIR/launch-$task.log:" >&2
+      tail -n 5 "$SWEEP_DIR/launch-$task.log" >&2
+    done
     echo "some jobs failed: see $SWEEP_DIR/launch-*.log and $SWEEP_DIR/.submitit/*/; run the same command again to resume" >&2
-    exit 1
+    exit "$failed"
   fi
 }

@@ -37,6 +37,7 @@ def _assert_refused(proc, *message: str) -> None:
     (["model.dim=2"], "model.dim=2: must be an even integer >= 4"),  # else found after a finished run is set aside
     (["name="], "name='': must be a folder name"),
     (["name=../../elsewhere"], "name=../../elsewhere: must be a folder name"),
+    (["name=.hidden"], "name=.hidden: must be a folder name (not empty, no / or \\, not starting with . or __"),
     (["threads=0"], "threads=0: must be a positive integer"),
     (["train.precision=fp16"], "train.precision=fp16: must be fp32 or bf16"),
     (["extract.ema_decay=1.0"], "extract.ema_decay=1.0: must be in [0, 1) (0: no EMA)"),
@@ -65,6 +66,8 @@ def _assert_refused(proc, *message: str) -> None:
     (["steer.eta=-1"], "steer.eta=-1: must be a finite number >= 0"),
     (["+steer.controller.p_gian=5"], "steer.controller.p_gian=5"),
     (["steer.controller.d_gain=abc"], "steer.controller.d_gain=abc: must be a number"),
+    (["pipeline.steer=true", "steer.sampler=ddpm", "steer.n_sample_steps=3"],
+     "steer.n_sample_steps=3 with steer.sampler=ddpm and diffusion.n_steps=5: DDPM runs every diffusion step"),
     (["+steer.controller.extra=2", "steer.controller.d_gain=abc", "steer.controller=5"],
      "steer.controller=5: must be a section with p_gain and d_gain"),
     (["+steer.controller.extra=2", "steer.controller.d_gain=abc"],
@@ -572,6 +575,12 @@ def test_steer_eval_refuses_to_replace_an_evaluation_of_other_settings(cli, trai
     _assert_refused(proc, "steer.t_stopgrad=5 with the models' 5 diffusion steps: guidance acts only at steps t >= "
                           "t_stopgrad", "steer.rank_t=5 with the models' 5 diffusion steps",
                     "steer.n_sample_steps=100 with the models' 5 diffusion steps", "nothing was rolled out")
+    assert sorted((tmp_path / "eval").glob("superseded-*")) == kept and (tmp_path / "eval" / "metrics.json").is_file()
+    # a step count DDPM cannot take (an env's, for its own sampler): refused there too, not while sampling
+    proc = cli(["steer-eval", *trained["common"], *models, "steer.sampler=ddpm", "steer.n_sample_steps=3",
+                "overwrite=true"], trained["root"])
+    _assert_refused(proc, "steer.n_sample_steps=3 with steer.sampler=ddpm and the models' 5 diffusion steps",
+                    "add steer.n_sample_steps=null")
     assert sorted((tmp_path / "eval").glob("superseded-*")) == kept and (tmp_path / "eval" / "metrics.json").is_file()
 
 

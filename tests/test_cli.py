@@ -48,6 +48,12 @@ def test_hydra_cfg_flag_passes_through(cli, tmp_path):
     assert cfg["horizon"] == 8 and cfg["model"] == {"dim": 8, "dim_mults": [1, 2]}  # smoke sizes applied
     assert cfg["extract"]["eval_t"] == [0, 2]
     assert not (tmp_path / "runs").exists()  # printed, not run
+    # with --multirun (in either order) Hydra raised a ValueError: one paragraph instead
+    for flags in (["--cfg", "job", "--multirun"], ["--multirun", "seed=0,1", "--cfg", "job"]):
+        proc = cli(["extract", *flags, "experiment=smoke", f"run_root={tmp_path / 'runs'}"], tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "--multirun and --cfg cannot go together" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(("args", "said"), [

@@ -293,6 +293,15 @@ def test_select_guidance_script_chooses_on_selection_seeds_and_reports_held_out_
     assert chosen["seeds"] == [1, 2] and held_out["guided_ranked/episodes"] == 4
     report = (tmp_path / "heldout" / "report.md").read_text()
     assert "guided − base" in report and "| 1 (eval 1/2) |" in report
+    # a metric the runs do not have: the script stops after the selection, evaluating nothing
+    proc = subprocess.run(["bash", str(script), f"data_dir={smoke_data.data_dir}", f"run_root={run_root}",
+                           "device=cpu", "logger.mode=disabled", f"base_model={run_dir / 'diffusion_base'}",
+                           f"expert_model={run_dir / 'diffusion_expert'}", f"reward_model={run_dir / 'extract'}"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**env, "METRIC": "guided/expert_share", "HELDOUT_ROOT": str(tmp_path / "again")})
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "No finished run" in proc.stderr and "nothing was evaluated on the held-out seeds" in proc.stderr
+    assert "== 3." not in proc.stdout and not (tmp_path / "again").exists()
 
 
 def test_reward_features_script_correlates_the_reward_with_each_observation(pipeline_run, smoke_data):

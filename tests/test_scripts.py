@@ -37,6 +37,21 @@ def test_script_refuses_bad_input_in_one_paragraph(args, said, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_paper_sweep_whose_launch_fails_ends_with_the_reason_and_its_exit_code(tmp_path):
+    """A launch refused before any job (a bad value) left only the report's "No run folders" on the terminal, and the
+    script stopped there; the reason is now the last thing shown, with the launch's exit code."""
+    import os
+
+    proc = subprocess.run(["bash", str(SCRIPTS / "paper_maze2d.sh"), "--local", "train.n_steps=abc"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MAZES": "umaze", "RUN_ROOT": str(tmp_path / "runs"),
+                               "RELREWARD": str(Path(sys.executable).parent / "relreward")})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    tail = proc.stderr[proc.stderr.index("== umaze: the launch failed"):]
+    assert "train.n_steps=abc: must be an integer" in tail and "some jobs failed" in tail
+    assert "Traceback" not in proc.stderr
+
+
 def test_the_reward_analyses_refuse_a_reward_changed_after_its_extraction(tmp_path):
     """A reward.pt replaced after its extraction sealed the folder is not analysed as that extraction's reward."""
     import json

@@ -530,3 +530,77 @@ def test_report_finds_runs_by_their_config_and_no_deeper_than_run_folders_lie(tm
     run_at(tmp_path / "tool" / "runs" / "pipeline" / "a")
     run_at(tmp_path.joinpath(*(["deep"] * MAX_RUN_DEPTH), "b"))
     assert [run.path for run in find_runs(tmp_path)] == [tmp_path / "tool" / "runs" / "pipeline" / "a"]
+
+
+def test_report_keeps_stages_apart_shows_image_steering_and_reads_each_runs_own_map(tmp_path):
+    """A stand-alone extract beside the pipeline it reads is another task, not a second seed; the digits' steering
+    (expert share) has columns; a run's reward map is its own file before the path its metrics recorded (a copied
+    sweep would otherwise show the original's maps)."""
+    import yaml
+
+    from relreward_cli.report import Run
+
+    def run_at(folder: Path, stage: str, metrics: dict) -> None:
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "digits"}, "seed": 0, "stage": stage}))
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+    run_at(tmp_path / "pipeline" / "a", "pipeline", {"headline/auroc": 0.9, "base/expert_share": 0.2,
+                                                     "guided/expert_share": 0.5, "guided/expert_share_sem": 0.05})
+    run_at(tmp_path / "extract" / "a", "extract", {"headline/auroc": 0.8})
+    report = build_report(tmp_path)
+    assert sorted(report.tasks) == ["digits (extract)", "digits (pipeline)"]
+    text = write_report(tmp_path)["markdown"]
+    assert "| base expert share | guided expert share |" in text
+    assert "| digits (pipeline) | 1 (0) | 0.900 | 0.200 | 0.500 ± 0.050 |" in text, text
+
+    own = tmp_path / "copy" / "plots" / "reward_maps.png"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"own")
+    elsewhere = tmp_path / "original" / "reward_maps.png"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes(b"original")
+    copied = Run(tmp_path / "copy", {}, {"heatmap": str(elsewhere)})
+    assert copied.heatmap() == own
+    own.unlink()
+    assert copied.heatmap() == elsewhere
+
+
+@pytest.mark.parametrize(("whom", "stop", "code"), [("group", "SIGINT", 130), ("launcher", "SIGTERM", 143)])
+def test_stopping_a_local_sweep_stops_its_jobs_without_a_traceback(tmp_path, whom, stop, code):
+    """Ctrl-C in the terminal (SIGINT to the whole process group) or `kill` of the launcher: one line, its exit
+    code, no traceback from submitit's job controllers, and no job left running (they outlived the launcher)."""
+    sweep_dir = tmp_path / "runs" / "multirun" / "pipeline"
+    proc = subprocess.Popen([*_cli_command(), "pipeline", "--multirun", "seed=0", "hydra/launcher=local",
+                             "experiment=smoke", f"run_root={tmp_path / 'runs'}", "logger.mode=disabled", "threads=1",
+                             "train.n_steps=1000000"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def jobs_running() -> list[str]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "submitit" in text and str(sweep_dir) in text:
+                found.append(text)
+        return found
+
+    deadline = time.monotonic() + 180
+    while not list(sweep_dir.glob("*/diffusion_base/metrics.jsonl")):  # the job is training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    assert jobs_running()
+    if whom == "group":
+        os.killpg(proc.pid, getattr(signal, stop))
+    else:
+        proc.send_signal(getattr(signal, stop))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code and "Traceback" not in stderr, stderr[-3000:]
+    assert "Running the same command again keeps what is finished" in stderr
+    deadline = time.monotonic() + 30
+    while jobs_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not jobs_running()

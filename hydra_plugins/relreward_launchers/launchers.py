@@ -9,6 +9,9 @@ sweep has ended, naming the failed jobs' log files.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -82,19 +85,59 @@ class PlainSlurmLauncher(_PlainFailures, SlurmLauncher):
     """`hydra/launcher=slurm`: one SLURM array job per sweep."""
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc; none where it cannot be read)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 class PlainLocalLauncher(_PlainFailures, LocalLauncher):
     """`hydra/launcher=local`: submitit's local executor, one process per job.
 
     A local job counts as done once its process has ended, and it writes its result to this machine's disk before
     that, so a job that ended without one (a refused config) will never have one: it is told at once, not after
-    the 15 s that submitit waits for a result to appear on a slow shared filesystem."""
+    the 15 s that submitit waits for a result to appear on a slow shared filesystem.
+
+    Ctrl-C (or `kill`) stops the sweep's jobs with it. Submitit's job controllers would outlive the launcher, and a
+    Ctrl-C in the terminal, which reaches every process of the group, ended them with a traceback each; they start
+    with Ctrl-C ignored instead, their jobs take it back (`relreward_cli.cli.report_user_errors`), and the
+    launcher, interrupted, interrupts them. Each job then stops as an interrupted command does, and the same
+    command resumes the sweep."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from submitit.local.local import LocalJob
+        from submitit.local import local
 
-        waited = LocalJob._results_timeout_s
-        LocalJob._results_timeout_s = 0
+        waited, start_controller = local.LocalJob._results_timeout_s, local.start_controller
+        controllers = []
+
+        def start_ignoring_interrupts(*args, **kwargs):
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the controller
+            try:
+                controllers.append(start_controller(*args, **kwargs))
+                return controllers[-1]
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+        local.LocalJob._results_timeout_s, local.start_controller = 0, start_ignoring_interrupts
         try:
             return super().launch(job_overrides, initial_job_idx)
+        except KeyboardInterrupt:
+            self._interrupt_jobs(controllers)
+            raise
         finally:
-            LocalJob._results_timeout_s = waited
+            local.LocalJob._results_timeout_s, local.start_controller = waited, start_controller
+
+    @staticmethod
+    def _interrupt_jobs(controllers, wait_s: float = 30.0) -> None:
+        """Send Ctrl-C to the jobs of the still running `controllers` (their child processes) and wait for the
+        controllers to end, `wait_s` at most."""
+        running = [process for process in controllers if process.poll() is None]
+        for process in running:
+            for job in _children(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(job, signal.SIGINT)
+        deadline = time.monotonic() + wait_s
+        while any(process.poll() is None for process in running) and time.monotonic() < deadline:
+            time.sleep(0.1)
