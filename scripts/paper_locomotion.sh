@@ -14,9 +14,9 @@
 # holding the base/expert dataset pairing), RUN_ROOT (runs), SWEEP_DIR ($RUN_ROOT/sweeps/paper_locomotion),
 # PARTITION, GPUS (per job on SLURM: 1; 0 for a CPU
 # partition), RELREWARD (the relreward command).
-# Run it in tmux/screen or with nohup: the launcher waits for its jobs. If it is stopped, the submitted
-# jobs go on; running the same command again skips finished runs and resumes the others from their
-# checkpoints, and `relreward report "$SWEEP_DIR"` makes the report.
+# Run it in tmux/screen or with nohup: the launcher waits for its jobs. If it is stopped, SLURM jobs
+# go on (--local ones stop with it); running the same command again skips finished runs and resumes the others
+# from their checkpoints, and `relreward report "$SWEEP_DIR"` makes the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -12,9 +12,9 @@
 # Environment: SEEDS (0,1,2,3,4), MAZES ("umaze medium large"), RUN_ROOT (runs), SWEEP_DIR
 # ($RUN_ROOT/sweeps/paper_maze2d), PARTITION, GPUS (per job on SLURM: 1; 0 for a CPU
 # partition), RELREWARD (the relreward command).
-# Run it in tmux/screen or with nohup: the launcher waits for its jobs. If it is stopped, the submitted
-# jobs go on; running the same command again skips finished runs and resumes the others from their
-# checkpoints (the job folders are deterministic), and `relreward report "$SWEEP_DIR"` makes the report.
+# Run it in tmux/screen or with nohup: the launcher waits for its jobs. If it is stopped, SLURM jobs
+# go on (--local ones stop with it); running the same command again skips finished runs and resumes the others
+# from their checkpoints (the job folders are deterministic), and `relreward report "$SWEEP_DIR"` makes the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
