@@ -485,7 +485,8 @@ def select_setting(report: Report, key: str) -> dict[str, Any]:
                     if len({str(other.get(key)) for other in parsed}) > 1})
     chosen = dict(o.split("=", 1) for o in _task_overrides(report.tasks[best][0]))
     overrides = [f"{key}={chosen[key]}" for key in swept if key in chosen]
-    return {"metric": key, "task": best, "value": values[best], "overrides": overrides, "all": values}
+    tied = [task for task, value in values.items() if value == values[best] and task != best]
+    return {"metric": key, "task": best, "value": values[best], "overrides": overrides, "all": values, "tied": tied}
 
 
 def _nothing_to_select(report: Report, key: str) -> str:
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         report = build_report(args.sweep)  # refuses a folder without runs before anything is written
-        selection = select_setting(report, args.select) if args.select else None
+        selection = select_setting(report, args.select) if args.select is not None else None
         for name in REPORT_FILES:  # an earlier report's files that this one might not write again
             (out / name).unlink(missing_ok=True)
         written = write_report(args.sweep, out, args.wandb, report)
@@ -571,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
         if written[key] is not None:
             print(f"wrote {written[key]}")
     if selection is not None:
+        if selection["tied"]:
+            print(f"relreward: note: {', '.join(selection['tied'])} tie(s) with {selection['task']} at "
+                  f"{selection['value']:.3f}; the first in the report's order was taken. A metric that tells them "
+                  "apart, or more selection seeds, would choose among them.", file=sys.stderr)
         print(f"selected by {selection['metric']}: {selection['task']} ({selection['value']:.3f}); wrote "
               f"{out / 'selection.json'}")
         print("\n".join(selection["overrides"]))

@@ -604,3 +604,19 @@ def test_stopping_a_local_sweep_stops_its_jobs_without_a_traceback(tmp_path, who
     while jobs_running() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not jobs_running()
+
+
+def test_select_names_the_tasks_that_tie_and_refuses_an_empty_metric(tmp_path, capsys):
+    import yaml
+
+    for scale, seed in (("0", 0), ("0.5", 0), ("1", 0)):
+        run = tmp_path / f"steer.scale={scale}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"steer.scale={scale}"]))
+        (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "hopper"}, "seed": seed}))
+        (run / "metrics.json").write_text(json.dumps({"guided/return_mean": 1.0 if scale != "0.5" else 0.5}))
+    assert relreward_cli.main(["report", str(tmp_path), "--select", "guided/return_mean"]) == 0
+    err = capsys.readouterr().err
+    assert "hopper (steer.scale=1) tie(s) with hopper (steer.scale=0) at 1.000" in err, err
+    assert relreward_cli.main(["report", str(tmp_path), "--select", ""]) == 2
+    assert "has the metric ''" in capsys.readouterr().err
