@@ -384,13 +384,13 @@ ENV_REFERENCE = re.compile(r"\$\{(?:oc\.select:)?(env\.[\w.]+)")
 
 
 @functools.cache
-def env_settings_the_configs_read(config_dir: Path) -> dict[str, tuple[str, ...]]:
-    """The env settings that the configs outside ``env/`` build other settings from, each with where
-    (``env.horizon`` -> ``("horizon (base.yaml)",)``): the optional settings an env may give, which act only
-    through the settings they feed. The env's name, which every stage reads, is left out."""
+def env_settings_the_configs_read(config_dir: Path) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The env settings that the configs outside ``env/`` build other settings from, each with the settings it builds
+    and their files (``env.horizon`` -> ``(("horizon", "base.yaml"),)``): the optional settings an env may give,
+    which act only through the settings they feed. The env's name, which every stage reads, is left out."""
     import yaml
 
-    found: dict[str, list[str]] = {}
+    found: dict[str, list[tuple[str, str]]] = {}
 
     def visit(node: Any, key: str, file: str) -> None:
         if isinstance(node, dict):
@@ -398,7 +398,7 @@ def env_settings_the_configs_read(config_dir: Path) -> dict[str, tuple[str, ...]
                 visit(value, f"{key}.{name}" if key else str(name), file)
         elif isinstance(node, str):
             for env_key in ENV_REFERENCE.findall(node):
-                found.setdefault(env_key, []).append(f"{key} ({file})")
+                found.setdefault(env_key, []).append((key, file))
 
     for path in sorted(config_dir.rglob("*.yaml")):
         relative = path.relative_to(config_dir)

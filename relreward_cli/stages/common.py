@@ -58,36 +58,40 @@ def settings_fed_by_env(cfg: DictConfig) -> dict[str, tuple[str, ...]]:
     return fed
 
 
-def _env_settings_acting_nowhere(cfg: DictConfig, given: Collection[str]) -> list[str]:
+def _env_settings_acting_nowhere(cfg: DictConfig, given: Collection[str], fed: Mapping[str, tuple[str, ...]]
+                                 ) -> list[str]:
     """Given env settings that the configs read only to build other settings (:func:`env_settings_the_configs_read`)
-    but that build none in this config: ``+env.horizon=16`` under ``experiment=smoke``, which sets ``horizon: 8``
-    itself, or ``env.quick_steer.scale=1`` without ``experiment=locomotion_quick``, the preset that reads it."""
+    but that build none in this config (``fed``: :func:`settings_fed_by_env`): ``+env.horizon=16`` under
+    ``experiment=smoke``, which sets ``horizon: 8`` itself, or ``env.quick_steer.scale=1`` without
+    ``experiment=locomotion_quick``, the preset that reads it."""
     from relreward_cli.cli import CONFIG_DIR
 
     read_by_configs = env_settings_the_configs_read(CONFIG_DIR)
-    fed = settings_fed_by_env(cfg)
     problems = []
     for key in sorted(key for key in given if key.startswith("env.")):
-        where = [place for env_key, places in read_by_configs.items() if keys_overlap(env_key, key) for place in places]
-        if not where or any(keys_overlap(source, key) for sources in fed.values() for source in sources):
+        builds = [built for env_key, built_from_it in read_by_configs.items() if keys_overlap(env_key, key)
+                  for built in built_from_it]
+        if not builds or any(keys_overlap(source, key) for sources in fed.values() for source in sources):
             continue
-        targets = dict.fromkeys(place.split(" (")[0] for place in where)
+        targets = dict.fromkeys(setting for setting, _ in builds)
         now = ", ".join(f"{target} from {'/'.join(fed[target])}" if target in fed
                         else f"{target}={_as_override(OmegaConf.select(cfg, target))}" for target in targets)
         names = f"{next(iter(targets))} does" if len(targets) == 1 else f"none of {', '.join(targets)} do"
+        where = ", ".join(f"{setting} ({file})" for setting, file in builds)
         problems.append(f"{key}={_as_override(OmegaConf.select(cfg, key))} would not act: the configs read it only to "
-                        f"set {', '.join(where)}, and here {names} not come from it ({now})")
+                        f"set {where}, and here {names} not come from it ({now})")
     return problems
 
 
-def given_settings(cfg: DictConfig, given: Collection[str] | None = None) -> dict[str, str]:
+def given_settings(cfg: DictConfig, given: Collection[str] | None = None,
+                   fed: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, str]:
     """The settings given (the keys of this job's command line, :func:`command_line_keys`, or ``given``), each with
-    how it was given: as itself, or through the env setting it comes from (:func:`settings_fed_by_env`;
-    ``env.horizon=48`` gives ``horizon`` as ``env.horizon``)."""
+    how it was given: as itself, or through the env setting it comes from (``fed``, by default
+    :func:`settings_fed_by_env`; ``env.horizon=48`` gives ``horizon`` as ``env.horizon``)."""
     given = command_line_keys() if given is None else set(given)
     settings = {key: key for key in given}
     env_keys = sorted(key for key in given if key.startswith("env."))  # not `env` itself: the group's choice
-    for key, sources in settings_fed_by_env(cfg).items():
+    for key, sources in (settings_fed_by_env(cfg) if fed is None else fed).items():
         through = [set_ for set_ in env_keys if any(keys_overlap(source, set_) for source in sources) and set_ != key]
         if key not in settings and through:
             settings[key] = through[0]
@@ -149,8 +153,9 @@ def check_settings_read(cfg: DictConfig, stage: str, reads: Collection[str], giv
     :func:`given_settings`); ``hint``: a sentence on how to make them act."""
     from relreward_cli import families
 
-    given = given_settings(cfg, given)
-    if nowhere := _env_settings_acting_nowhere(cfg, [key for key, how in given.items() if how == key]):
+    fed = settings_fed_by_env(cfg)
+    given = given_settings(cfg, given, fed)
+    if nowhere := _env_settings_acting_nowhere(cfg, [key for key, how in given.items() if how == key], fed):
         raise UserError(f"{'; '.join(nowhere)}. Give the setting itself, or choose the preset (experiment=, "
                         "formulation=) that reads the env setting. Nothing was run.")
     domain = families.of(cfg)
