@@ -1,5 +1,6 @@
 import json
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -57,6 +58,12 @@ def test_levels_round_trip_through_minari(generated, tmp_path):
         assert info["ref_max_score"] == pytest.approx(mean_returns["expert"])
     with pytest.raises(UserError, match="already exists"):
         write_locomotion_datasets(generated, tmp_path)
+
+
+def test_sac_training_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    generate_locomotion_episodes(SETTINGS | {"total_steps": 100, "eval_every": 100}, progress=False)
+    assert not list(tmp_path.glob("SB3-*"))  # SB3's default logger folder (torch's own caches may appear here)
 
 
 def test_same_seed_same_datasets(generated):

@@ -121,6 +121,7 @@ def generate_locomotion_episodes(settings: dict, progress: bool = True) -> dict[
     task, seed, n_steps = settings["task"], settings["seed"], settings["n_steps"]
     total_steps, eval_every, eval_episodes = settings["total_steps"], settings["eval_every"], settings["eval_episodes"]
     sac = _sac_class()
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.utils import set_random_seed
 
     env, eval_env = (make_env(task, settings["max_episode_steps"]) for _ in range(2))
@@ -131,6 +132,9 @@ def generate_locomotion_episodes(settings: dict, progress: bool = True) -> dict[
 
     model = sac("MlpPolicy", env, seed=seed, learning_starts=settings["learning_starts"],
                 buffer_size=max(total_steps, 1), device="cpu", verbose=0)
+    # a logger that writes nowhere: SB3's default makes an empty SB3-<date> folder in the temp dir on every learn
+    # call; the evaluations below are logged by this module
+    model.set_logger(Logger(folder=None, output_formats=[]))
 
     def policy_act(obs):  # sampled actions, as the datasets are rolled out
         return model.predict(obs, deterministic=False)[0]
