@@ -165,7 +165,7 @@ def find_runs(sweep: Path) -> list[Run]:
             if not isinstance(config, dict):
                 raise ValueError("its config.yaml does not hold a mapping")
             metrics = json.loads((here / "metrics.json").read_text()) if "metrics.json" in filenames else None
-            if not isinstance(metrics, dict | None):
+            if "metrics.json" in filenames and not isinstance(metrics, dict):  # `null` too
                 raise ValueError("its metrics.json does not hold a mapping")
         except Exception as err:  # a half-written file of a run in progress: report it as unfinished
             log.warning("Leaving out the results of %s, which cannot be read (%s)", here, err)

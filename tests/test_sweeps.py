@@ -342,13 +342,13 @@ def test_report_groups_steering_scores_by_task_and_lists_unfinished_runs(tmp_pat
         select_setting(report, "ranked/return_mean")
 
 
-def test_report_shows_a_run_whose_last_attempt_failed_as_failed_and_skips_unreadable_results(tmp_path):
+def test_report_shows_a_run_whose_last_attempt_failed_as_failed_and_skips_unreadable_results(tmp_path, caplog):
     """A refused rerun leaves an `error.txt` beside the results of an earlier attempt, under the refused command's
     labels: the run is listed as failed, not as finished with the earlier numbers. A `metrics.json` that holds no
     mapping is not a result."""
     import yaml
 
-    for seed, metrics in ((0, {"guided/score_mean": 50.0}), (1, {"guided/score_mean": 60.0}), (2, [])):
+    for seed, metrics in ((0, {"guided/score_mean": 50.0}), (1, {"guided/score_mean": 60.0}), (2, []), (3, None)):
         run = tmp_path / f"seed={seed}"
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
@@ -359,7 +359,9 @@ def test_report_shows_a_run_whose_last_attempt_failed_as_failed_and_skips_unread
     assert [run.config["seed"] for run in report.finished] == [0]
     states = {run.path.name: run.state for run in report.runs}
     assert states["seed=1"] == "failed: The run folder holds a run made from something else."
-    assert states["seed=2"] == "running, killed or failed without a message"
+    assert states["seed=2"] == states["seed=3"] == "running, killed or failed without a message"
+    unreadable = [record.getMessage() for record in caplog.records if "cannot be read" in record.getMessage()]
+    assert [message.split("/")[-1].split(" ")[0] for message in unreadable] == ["seed=2,", "seed=3,"]
 
 
 def test_report_counts_runs_without_a_value_and_writes_only_its_own_files(tmp_path, capsys):
