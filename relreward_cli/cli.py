@@ -116,7 +116,8 @@ def report_user_errors(stage_main: Callable) -> Callable:
 
         from relreward_cli import provenance
 
-        if "SUBMITIT_LOCAL_JOB_ID" in os.environ and threading.current_thread() is threading.main_thread():
+        local_job = "SUBMITIT_LOCAL_JOB_ID" in os.environ
+        if local_job and threading.current_thread() is threading.main_thread():
             # a job of the local launcher, whose controller starts with Ctrl-C ignored: the job takes it back
             # (hydra_plugins/relreward_launchers)
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -145,6 +146,13 @@ def report_user_errors(stage_main: Callable) -> Callable:
         except (UserError, OSError) as err:
             print(f"\nrelreward: error: {_reason(err)}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            if not local_job:
+                raise  # a run in this process: main() says it
+            # else it would end the job's own log with a traceback through the job runner's frames
+            print(f"\nrelreward: interrupted. {run_dir} keeps what is finished and its last checkpoints: launching "
+                  "the sweep's command again resumes it.", file=sys.stderr)
+            sys.exit(130)
         return result
 
     return wrapper

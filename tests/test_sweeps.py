@@ -602,6 +602,8 @@ def test_stopping_a_local_sweep_stops_its_jobs_without_a_traceback(tmp_path, who
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code and "Traceback" not in stderr, stderr[-3000:]
     assert "Running the same command again keeps what is finished" in stderr
+    job_logs = {log.read_text() for log in sweep_dir.glob(".submitit/*/*_log.err")}
+    assert job_logs and not any("Traceback" in text for text in job_logs), job_logs
     deadline = time.monotonic() + 30
     while jobs_running() and time.monotonic() < deadline:
         time.sleep(0.2)
