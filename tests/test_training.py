@@ -36,7 +36,10 @@ from relreward_cli.tracking import RunTracker
 from relreward_cli.training import (
     CHECKPOINT_FORMAT,
     NonFiniteLossError,
+    adam,
     artifact_file,
+    contiguous_span,
+    flat_adam,
     load_checkpoint,
     save_checkpoint,
     seed_everything,
@@ -163,6 +166,48 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
     _train(tmp_path / "other-seed", segments, seed=1)
     other = _tensors(load_checkpoint(tmp_path / "other-seed" / CHECKPOINT_FILE)["model"])
     assert any(not torch.equal(other[k], v) for k, v in _tensors(full_ckpt["model"]).items())
+
+
+def test_flat_weights_train_bitwise_as_separate_ones_and_resume_their_checkpoints(tmp_path, monkeypatch):
+    """Diffusion training steps Adam, scales the clipped gradient and averages the EMA over the U-Net's weights
+    flattened into one tensor: it trains bitwise the weights the separate tensors train (online, EMA and Adam's
+    moments), and a checkpoint written with separate tensors (by an earlier version) resumes into flat ones exactly."""
+    segments = synthetic_pair(SPEC.horizon)
+    _train(tmp_path / "flat", segments)
+    with monkeypatch.context() as m:
+        m.setattr(artifact, "flat_adam", lambda module, lr: adam(module.parameters(), lr))
+        _train(tmp_path / "separate", segments)
+        train_diffusion(SPEC, segments, "expert", tmp_path / "earlier", generator=seed_everything(0),
+                        info={"test": True}, **{**TRAIN_KW, "n_steps": 4})
+    _train(tmp_path / "earlier", segments)  # resumed at step 4 by the flat code, to step 12
+    flat, separate, resumed = (load_checkpoint(tmp_path / run / CHECKPOINT_FILE, kind="diffusion")
+                               for run in ("flat", "separate", "earlier"))
+    for part in ("model", "ema"):
+        _assert_same_tensors(flat[part], separate[part])
+        _assert_same_tensors(flat[part], resumed[part])
+    moments = separate["optimizer"]["state"]
+    assert len(flat["optimizer"]["state"]) == 1 < len(moments) == len(flat["model"])
+    for key in ("exp_avg", "exp_avg_sq"):
+        joined = torch.cat([moments[i][key].reshape(-1) for i in sorted(moments)])
+        assert torch.equal(flat["optimizer"]["state"][0][key], joined)
+        assert torch.equal(resumed["optimizer"]["state"][0][key], joined)
+    assert not any(torch.equal(flat["model"][k], resumed["ema"]["model"][k]) for k in flat["model"])  # trained
+
+
+def test_flat_adam_keeps_the_module_gradients_as_views_of_its_own():
+    """Zeroing the flat optimizer's gradient (even asked to set it to None) leaves each weight's gradient a view
+    of it, so the next backward pass feeds the step; the EMA sees the weights as one span."""
+    model = build_diffusion(SPEC).model
+    optimizer = flat_adam(model, lr=1e-3)
+    (flat,) = optimizer.param_groups[0]["params"]
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        assert flat.grad is not None and not flat.grad.any()
+        model(torch.randn(2, SPEC.horizon, SPEC.transition_dim), torch.tensor([0, 1])).square().mean().backward()
+        assert torch.equal(flat.grad, torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        assert flat.grad.any()
+    assert contiguous_span(list(model.parameters())) is not None
+    assert contiguous_span([p.grad for p in model.parameters()]) is not None
 
 
 def test_finished_run_is_not_retrained(tmp_path):

@@ -22,7 +22,7 @@ from relreward_cli.diffusion.gaussian import GaussianDiffusion
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
 from relreward_cli.models.networks import networks
-from relreward_cli.training import TrainResult, adam, artifact_file, load_checkpoint, save_checkpoint, train_loop
+from relreward_cli.training import TrainResult, artifact_file, flat_adam, load_checkpoint, save_checkpoint, train_loop
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -168,7 +168,7 @@ def train_diffusion(spec: DiffusionSpec, segments: SegmentPair, kind: str, run_d
     diffusion = build_diffusion(spec).to(device)
     data = segments[kind].to(device)
     ema = EMA(diffusion, ema_decay, ema_start)
-    optimizer = adam(diffusion.parameters(), lr=lr)
+    optimizer = flat_adam(diffusion, lr=lr)
     extra = {"spec": asdict(spec), "normalizer": segments.normalizer.state_dict(), "info": info}
     conditioned = torch.arange(batch_size, device=device) < round(batch_size * start_conditioned)
     parts = {name: rows for name, rows in (("start_conditioned", conditioned), ("unconditioned", ~conditioned))

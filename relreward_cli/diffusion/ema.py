@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from relreward_cli.training import contiguous_span, flatten_parameters
+
 
 class EMA:
     """A frozen copy `model` whose parameters track `decay * ema + (1 - decay) * online`.
@@ -18,19 +20,22 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.995, update_after_step: int = 0):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.update_after_step, self.step = decay, update_after_step, 0
+        self._flat = flatten_parameters(self.model, with_grad=False).data  # the copy's weights, one tensor
         self._params, self._buffers = list(self.model.parameters()), list(self.model.buffers())
         self._lerp = get_ema_multi_avg_fn(decay)  # torch's multi-tensor EMA: one fused lerp over all weights
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Fold the online `model`'s current weights into the average."""
+        """Fold the online `model`'s current weights into the average: one kernel over all of them when they are
+        one flat tensor (:func:`relreward_cli.training.flatten_parameters`), one per tensor otherwise."""
         self.step += 1
         params = list(model.parameters())
+        online = contiguous_span(params)
+        ema_params, params = ([self._flat], [online]) if online is not None else (self._params, params)
         if self.step <= self.update_after_step:
-            for ema_param, param in zip(self._params, params, strict=True):
-                ema_param.copy_(param)
+            torch._foreach_copy_(ema_params, params)
         else:
-            self._lerp(self._params, params, self.step)
+            self._lerp(ema_params, params, self.step)
         for ema_buffer, buffer in zip(self._buffers, model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
