@@ -72,6 +72,8 @@ def flatten_parameters(module: torch.nn.Module, with_grad: bool = True) -> torch
     those of the separate parameters (tested). The gradients are kept between steps (zeroed, never set to None):
     backward accumulates into them in place."""
     params = list(module.parameters())
+    if with_grad and not all(p.requires_grad for p in params):
+        raise ValueError("flatten_parameters(with_grad=True) would train the module's frozen weights too")
     flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]),
                               requires_grad=any(p.requires_grad for p in params))
     if with_grad:
