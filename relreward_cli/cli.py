@@ -149,7 +149,11 @@ def report_user_errors(stage_main: Callable) -> Callable:
         except KeyboardInterrupt:
             if not local_job:
                 raise  # a run in this process: main() says it
-            # else it would end the job's own log with a traceback through the job runner's frames
+            # else it would end the job's own log with a traceback through the job runner's frames; a second
+            # Ctrl-C (the terminal's reaches the job, and the launcher passes its own on) must not raise again on the
+            # way out
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             print(f"\nrelreward: interrupted. {run_dir} keeps what is finished and its last checkpoints: launching "
                   "the sweep's command again resumes it.", file=sys.stderr)
             sys.exit(130)
