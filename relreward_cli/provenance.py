@@ -37,7 +37,7 @@ OUTPUTS = "outputs"
 WORK = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json")
 # What a stage leaves in its folder; moved aside together when the folder is reused for something else.
 STAGE_OUTPUTS = ("checkpoint.pt", "model.pt", "reward.pt", "metrics.json", "metrics.jsonl", "plots", "wandb",
-                 "wandb_id.txt", "inputs.json", PROVENANCE_FILE)
+                 "wandb_id.txt", "inputs.json", "config.yaml", PROVENANCE_FILE)
 # Settings recorded since a later version, by (section, key), with the value that reproduces what runs recorded
 # before them did: an older record that lacks one was made with that value.
 ADDED_SETTINGS: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("extract", "precision"): "fp32",

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 FINISHED = ("model.pt", "reward.pt", "metrics.json")
 
@@ -158,6 +159,9 @@ def test_overwrite_sets_the_stale_run_aside_and_starts_afresh(cli, smoke_data, t
     assert (aside / "model.pt").read_bytes() == old_model and (aside / "provenance.json").is_file()
     assert (run / "model.pt").read_bytes() != old_model
     assert '"lr": 0.01' in (run / "provenance.json").read_text()
+    # the stale run's own config goes with it; the folder's is the new run's
+    lr = {folder: yaml.safe_load((folder / "config.yaml").read_text())["train"]["lr"] for folder in (aside, run)}
+    assert lr[run] == 0.01 != lr[aside]
 
 
 def test_a_record_older_than_a_setting_reads_as_the_behaviour_before_it(tmp_path):
