@@ -116,10 +116,9 @@ def report_user_errors(stage_main: Callable) -> Callable:
 
         from relreward_cli import provenance
 
-        local_job = "SUBMITIT_LOCAL_JOB_ID" in os.environ
-        if local_job and threading.current_thread() is threading.main_thread():
-            # a job of the local launcher, whose controller starts with Ctrl-C ignored: the job takes it back
-            # (hydra_plugins/relreward_launchers)
+        # a job of the local launcher (Ctrl-C reaches the main thread only)
+        local_job = "SUBMITIT_LOCAL_JOB_ID" in os.environ and threading.current_thread() is threading.main_thread()
+        if local_job:  # its controller starts with Ctrl-C ignored: the job takes it back (hydra_plugins/...)
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
         hydra_config = HydraConfig.get()
@@ -152,8 +151,7 @@ def report_user_errors(stage_main: Callable) -> Callable:
             # else it would end the job's own log with a traceback through the job runner's frames; a second
             # Ctrl-C (the terminal's reaches the job, and the launcher passes its own on) must not raise again on the
             # way out
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             print(f"\nrelreward: interrupted. {run_dir} keeps what is finished and its last checkpoints: launching "
                   "the sweep's command again resumes it.", file=sys.stderr)
             sys.exit(130)

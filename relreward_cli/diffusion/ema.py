@@ -23,15 +23,21 @@ class EMA:
         self._flat = flatten_parameters(self.model, with_grad=False).data  # the copy's weights, one tensor
         self._params, self._buffers = list(self.model.parameters()), list(self.model.buffers())
         self._lerp = get_ema_multi_avg_fn(decay)  # torch's multi-tensor EMA: one fused lerp over all weights
+        self._online: tuple[nn.Module, torch.Tensor | None] | None = None  # the online model and its flat span
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold the online `model`'s current weights into the average: one kernel over all of them when they are
-        one flat tensor (:func:`relreward_cli.training.flatten_parameters`), one per tensor otherwise."""
+        one flat tensor (:func:`relreward_cli.training.flatten_parameters`, looked for at the model's first update,
+        not at every step), one per tensor otherwise."""
         self.step += 1
-        params = list(model.parameters())
-        online = contiguous_span(params)
-        ema_params, params = ([self._flat], [online]) if online is not None else (self._params, params)
+        if self._online is None or self._online[0] is not model:
+            self._online = (model, contiguous_span(list(model.parameters())))
+        online = self._online[1]
+        if online is not None:
+            ema_params, params = [self._flat], [online]
+        else:
+            ema_params, params = self._params, list(model.parameters())
         if self.step <= self.update_after_step:
             torch._foreach_copy_(ema_params, params)
         else:
