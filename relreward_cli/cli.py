@@ -160,6 +160,18 @@ def report_user_errors(stage_main: Callable) -> Callable:
     return wrapper
 
 
+def _stage_main(module_name: str) -> Callable[[Any], Any]:
+    """The stage module's ``main``, imported when the job runs, after its config has been checked: a config refused
+    by the check does not wait for the stage's imports. Hydra names the job after the function's module, as it would
+    the stage's own ``main``."""
+
+    def stage_main(cfg: Any) -> Any:
+        return importlib.import_module(module_name).main(cfg)
+
+    stage_main.__module__ = module_name
+    return stage_main
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``relreward`` console script."""
     import hydra
@@ -210,10 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                        or job_config_problems(_module_name(stage), argv[1:], CONFIG_DIR)):
             print(f"relreward: error: {problem}", file=sys.stderr)
             return 2
-    module = importlib.import_module(f"relreward_cli.stages.{_module_name(stage)}")
     sys.argv = [f"relreward {stage}", *argv[1:]]
     task = hydra.main(config_path=str(CONFIG_DIR), config_name=_module_name(stage), version_base=None)(
-        report_user_errors(module.main))
+        report_user_errors(_stage_main(f"relreward_cli.stages.{_module_name(stage)}")))
     return run_reporting_failures(task, functools.partial(unknown_setting_problem, stage=stage, overrides=argv[1:]))
 
 

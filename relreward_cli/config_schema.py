@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from relreward_cli.diffusion.gaussian import SAMPLERS
+from relreward_cli.diffusion.options import PREDICTIONS, SAMPLERS
 from relreward_cli.errors import UserError
 
 
@@ -103,7 +103,7 @@ class DiffusionConfig(_Checked):
     def check(self, problems: _Problems) -> None:
         _positive(problems, self, "n_steps")
         problems.need(self.schedule in ("cosine", "linear"), "schedule", self.schedule, "cosine or linear")
-        problems.need(self.prediction in ("eps", "x0"), "prediction", self.prediction, "eps or x0")
+        problems.need(self.prediction in PREDICTIONS, "prediction", self.prediction, " or ".join(PREDICTIONS))
 
 
 PRECISIONS = ("fp32", "bf16")  # training precision: float32, or bfloat16 autocast (weights stay float32)

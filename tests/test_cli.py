@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -30,6 +32,19 @@ def test_help_lists_every_stage_on_one_line(cli, tmp_path):
             assert len(matching) == 1, f"{stage!r} should have exactly one line in:\n{proc.stdout}"
             assert text in matching[0]
     assert cli([], tmp_path).stdout == proc.stdout
+
+
+def test_help_version_and_unknown_stages_import_no_torch(tmp_path):
+    """`relreward --help`, `--version` and an unknown stage answer without importing torch (a second and more on a
+    laptop); the config schema's module imports none either."""
+    code = ("import sys, contextlib, io\n"
+            "from relreward_cli.cli import main\n"
+            "import relreward_cli.config_schema\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "    codes = [main(['--help']), main(['--version']), main(['no-such-stage'])]\n"
+            "print(codes, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split("\n")[0] == "[0, 0, 2] False", proc.stdout + proc.stderr
 
 
 def test_unknown_stage_exits_2_listing_the_stages(cli, tmp_path):

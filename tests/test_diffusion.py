@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from relreward_cli.diffusion.ema import EMA
-from relreward_cli.diffusion.gaussian import SAMPLERS, GaussianDiffusion, apply_conditioning
+from relreward_cli.diffusion.gaussian import GaussianDiffusion, apply_conditioning
+from relreward_cli.diffusion.options import SAMPLERS
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
 from relreward_cli.models.reward_net import RewardNet

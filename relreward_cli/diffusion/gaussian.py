@@ -7,12 +7,11 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import nn
 
+from relreward_cli.diffusion.options import PREDICTIONS, SAMPLERS
 from relreward_cli.diffusion.schedule import NoiseSchedule
 from relreward_cli.errors import UserError
 
 Conditions = dict[int, torch.Tensor]
-SAMPLERS = ("ddpm", "ddim", "dpm")
-PREDICTIONS = ("eps", "x0")
 
 
 def apply_conditioning(x: torch.Tensor, conditions: Conditions | None, action_dim: int) -> torch.Tensor:
