@@ -102,6 +102,7 @@ class RunTracker:
     ) -> None:
         import yaml
 
+        self.mode = resolve_wandb_mode(mode)  # first: a mode refused leaves no folder and no open file
         self.run_dir = Path(run_dir)
         self.plots_dir = self.run_dir / "plots"
         self.plots_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +111,6 @@ class RunTracker:
         self._wandb_step = max(self._wandb_floor, 0)
         self._metrics_file = (self.run_dir / "metrics.jsonl").open("a")
         self.wandb_run = None
-        self.mode = resolve_wandb_mode(mode)
         if self.mode != "disabled":
             self.wandb_run = self._start_wandb(
                 config, job_type, project, entity, group, tags or [], name or self.run_dir.name

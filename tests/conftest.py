@@ -2,14 +2,20 @@
 
 Tests never touch the network: W&B runs offline (or disabled) and its config/cache folders live in a
 temporary directory. The smoke datasets (``experiment=smoke``) are generated once per session by the real
-``relreward make-dataset`` command and reused by every test that needs data.
+``relreward make-dataset`` command and reused by every test that needs data. Commands run in a process of their own,
+forked from a warm one that has imported what a command imports (:class:`WarmCli`); the tests that signal a command,
+or run one installed elsewhere, start it as a new process.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,18 +56,93 @@ def _cli_command() -> list[str]:
     return [sys.executable, "-m", "relreward_cli.cli"]
 
 
+class WarmCli:
+    """One warm ``relreward`` process (``tests/cli_server.py``) per test process, started at its first command: it
+    forks a child per command instead of starting Python and importing torch again (1.5 s a command).
+    ``RELREWARD_TEST_COLD_CLI=1`` runs every command as a new process instead."""
+
+    def __init__(self) -> None:
+        self.env = dict(os.environ)
+        requests_read, self._requests = os.pipe()
+        self._replies, replies_write = os.pipe()
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_server.py")),
+                                         str(requests_read), str(replies_write)], cwd=REPO, env=self.env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        pass_fds=(requests_read, replies_write))
+        os.close(requests_read)
+        os.close(replies_write)
+        self.replies = os.fdopen(self._replies, "r")
+
+    def _reply(self, timeout: float | None) -> dict:
+        if not select.select([self.replies], [], [], timeout)[0]:
+            raise TimeoutError
+        line = self.replies.readline()
+        if not line:
+            raise RuntimeError(f"the warm relreward process ended (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def started_with(self, env: dict[str, str]) -> bool:
+        """Whether ``env`` is the environment this process started with, but for pytest's name of the test phase."""
+        return _without(env, "PYTEST_CURRENT_TEST") == _without(self.env, "PYTEST_CURRENT_TEST")
+
+    def run(self, args: list[str], cwd: Path, timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory(prefix="relreward-cli-") as out:
+            files = {name: str(Path(out) / name) for name in ("stdout", "stderr")}
+            request = {"args": args, "cwd": str(cwd), "env": env, **files}
+            os.write(self._requests, (json.dumps(request) + "\n").encode())
+            pid = self._reply(timeout=60)["pid"]
+            try:
+                returncode = self._reply(timeout)["returncode"]
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+                self._reply(timeout=60)
+                raise subprocess.TimeoutExpired([*_cli_command(), *args], timeout) from None
+            stdout, stderr = (Path(files[name]).read_text() for name in ("stdout", "stderr"))
+        return subprocess.CompletedProcess([*_cli_command(), *args], returncode, stdout, stderr)
+
+    def close(self) -> None:
+        os.close(self._requests)
+        self.replies.close()
+        self.process.wait(timeout=60)
+
+
+_warm_cli: WarmCli | None = None
+
+
+def _without(env: dict[str, str], key: str) -> dict[str, str]:
+    return {name: value for name, value in env.items() if name != key}
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = CLI_TIMEOUT_S, check: bool = False,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``relreward <args>`` in ``cwd`` as a subprocess; returns the completed process (text output).
+    """Run ``relreward <args>`` in ``cwd``; returns the completed process (text output). A command whose environment
+    is the warm process's runs in a child of it (:class:`WarmCli`), any other as a new process.
 
     With ``check`` a non-zero exit fails the test with the command's stdout and stderr.
     """
-    proc = subprocess.run([*_cli_command(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    global _warm_cli
+    args = list(map(str, args))
+    command_env = {**os.environ, **(env or {})}
+    warm = None
+    if os.environ.get("RELREWARD_TEST_COLD_CLI") != "1":
+        _warm_cli = _warm_cli or WarmCli()
+        warm = _warm_cli if _warm_cli.started_with(command_env) else None
+    if warm is not None:
+        proc = warm.run(args, cwd, timeout, command_env)
+    else:
+        proc = subprocess.run([*_cli_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env=command_env)
     if check and proc.returncode != 0:
-        pytest.fail(f"relreward {' '.join(map(str, args))} exited {proc.returncode}\n--- stdout\n"
+        pytest.fail(f"relreward {' '.join(args)} exited {proc.returncode}\n--- stdout\n"
                     f"{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_warm_cli():
+    yield
+    if _warm_cli is not None:
+        _warm_cli.close()
 
 
 @dataclass

@@ -118,6 +118,7 @@ def test_bad_mode_is_a_user_error(tmp_path):
         resolve_wandb_mode("offlne")
     with pytest.raises(UserError):
         RunTracker(tmp_path / "run", CONFIG, "unit-test", mode="wandb")
+    assert not (tmp_path / "run").exists()  # refused before it made the run folder or opened its metrics
 
 
 def test_write_json_atomic(tmp_path):
@@ -208,6 +209,7 @@ def test_wandb_steps_only_go_forward_across_attempts(tmp_path):
     evaluated_again = RunTracker(run_dir, CONFIG, "unit-test", mode="disabled")  # no training: figures only
     evaluated_again.wandb_run = recorder = Recorder()
     evaluated_again.log_image("heatmap", png)
+    evaluated_again.finish()
     assert recorder.steps == [("heatmap", 410)]
 
     fresh = RunTracker(tmp_path / "fresh", CONFIG, "unit-test", mode="disabled")
@@ -215,4 +217,5 @@ def test_wandb_steps_only_go_forward_across_attempts(tmp_path):
     fresh.log_image("samples", png)
     fresh.log({"loss": 1.0}, step=0)
     fresh.log({"loss": 0.5}, step=3)
+    fresh.finish()
     assert recorder.steps == [("samples", 0), ("loss", 0), ("loss", 3)]
