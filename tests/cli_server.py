@@ -38,10 +38,11 @@ def _run_command(request: dict) -> None:
     """In the forked child: become the command's process, run it, and exit as the interpreter would (never returns).
     The exit runs the ``atexit`` handlers and flushes the output, and skips tearing down the modules, which costs a
     fresh process half a second and changes nothing it wrote."""
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY | os.O_CREAT),
+                            (2, request["stderr"], os.O_WRONLY | os.O_CREAT)):
+        opened = os.open(path, flags, 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -50,7 +51,7 @@ def _run_command(request: dict) -> None:
         code = _exit_code(cli.main(request["args"]))
     except SystemExit as exit_:
         code = _exit_code(exit_.code)
-    except BaseException:  # noqa: BLE001 - what an uncaught exception does to a process
+    except BaseException:  # as an uncaught exception ends a process: its traceback, exit status 1
         sys.excepthook(*sys.exc_info())
         code = 1
     atexit._run_exitfuncs()

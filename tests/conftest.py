@@ -59,7 +59,7 @@ def _cli_command() -> list[str]:
 class WarmCli:
     """One warm ``relreward`` process (``tests/cli_server.py``) per test process, started at its first command: it
     forks a child per command instead of starting Python and importing torch again (1.5 s a command).
-    ``RELREWARD_TEST_COLD_CLI=1`` runs every command as a new process instead."""
+    ``RELREWARD_TEST_COLD_CLI=1`` runs every command as a new process instead (:func:`run_cli`)."""
 
     def __init__(self) -> None:
         self.env = dict(os.environ)
@@ -72,6 +72,7 @@ class WarmCli:
         os.close(requests_read)
         os.close(replies_write)
         self.replies = os.fdopen(self._replies, "r")
+        self.commands_run = 0
 
     def _reply(self, timeout: float | None) -> dict:
         if not select.select([self.replies], [], [], timeout)[0]:
@@ -91,6 +92,7 @@ class WarmCli:
             request = {"args": args, "cwd": str(cwd), "env": env, **files}
             os.write(self._requests, (json.dumps(request) + "\n").encode())
             pid = self._reply(timeout=60)["pid"]
+            self.commands_run += 1
             try:
                 returncode = self._reply(timeout)["returncode"]
             except TimeoutError:
@@ -109,6 +111,19 @@ class WarmCli:
 _warm_cli: WarmCli | None = None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _warm_cli_process(_isolated_wandb_dirs):
+    """The warm CLI process, started before any test so that it has the session's environment (W&B's folders
+    included), not one a test has changed; none under ``RELREWARD_TEST_COLD_CLI=1``."""
+    global _warm_cli
+    if os.environ.get("RELREWARD_TEST_COLD_CLI") == "1":
+        yield None
+        return
+    _warm_cli = WarmCli()
+    yield _warm_cli
+    _warm_cli.close()
+
+
 def _without(env: dict[str, str], key: str) -> dict[str, str]:
     return {name: value for name, value in env.items() if name != key}
 
@@ -120,15 +135,11 @@ def run_cli(args: list[str], cwd: Path, timeout: float = CLI_TIMEOUT_S, check: b
 
     With ``check`` a non-zero exit fails the test with the command's stdout and stderr.
     """
-    global _warm_cli
     args = list(map(str, args))
     command_env = {**os.environ, **(env or {})}
-    warm = None
-    if os.environ.get("RELREWARD_TEST_COLD_CLI") != "1":
-        _warm_cli = _warm_cli or WarmCli()
-        warm = _warm_cli if _warm_cli.started_with(command_env) else None
-    if warm is not None:
-        proc = warm.run(args, cwd, timeout, command_env)
+    cold = os.environ.get("RELREWARD_TEST_COLD_CLI") == "1"
+    if _warm_cli is not None and not cold and _warm_cli.started_with(command_env):
+        proc = _warm_cli.run(args, cwd, timeout, command_env)
     else:
         proc = subprocess.run([*_cli_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                               env=command_env)
@@ -136,13 +147,6 @@ def run_cli(args: list[str], cwd: Path, timeout: float = CLI_TIMEOUT_S, check: b
         pytest.fail(f"relreward {' '.join(args)} exited {proc.returncode}\n--- stdout\n"
                     f"{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _close_warm_cli():
-    yield
-    if _warm_cli is not None:
-        _warm_cli.close()
 
 
 @dataclass

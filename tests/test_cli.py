@@ -47,6 +47,25 @@ def test_help_version_and_unknown_stages_import_no_torch(tmp_path):
     assert proc.stdout.split("\n")[0] == "[0, 0, 2] False", proc.stdout + proc.stderr
 
 
+def test_a_command_forked_from_the_warm_process_answers_as_a_new_process_does(cli, tmp_path, monkeypatch,
+                                                                              _warm_cli_process):
+    """The tests' warm runner (``conftest.WarmCli``) gives a command's exit code, stdout and stderr as a new process
+    would: a refusal, the help and an unknown stage, each run both ways."""
+    commands = (["train-diffusion", "kind=base", "train.lr=0", f"run_root={tmp_path / 'runs'}"], ["--help"],
+                ["no-such-stage"])
+    if _warm_cli_process is None:
+        pytest.skip("RELREWARD_TEST_COLD_CLI=1: every command runs as a new process")
+    before = _warm_cli_process.commands_run
+    warm = [cli(command, tmp_path) for command in commands]
+    assert _warm_cli_process.commands_run == before + len(commands)  # all three ran in it
+    monkeypatch.setenv("RELREWARD_TEST_COLD_CLI", "1")
+    cold = [cli(command, tmp_path) for command in commands]
+    assert [proc.returncode for proc in warm] == [2, 0, 2]
+    for warm_proc, cold_proc in zip(warm, cold, strict=True):
+        assert (warm_proc.returncode, warm_proc.stdout, warm_proc.stderr) \
+            == (cold_proc.returncode, cold_proc.stdout, cold_proc.stderr)
+
+
 def test_unknown_stage_exits_2_listing_the_stages(cli, tmp_path):
     proc = cli(["trian-diffusion", "experiment=smoke"], tmp_path)
     assert proc.returncode == 2

@@ -1,5 +1,5 @@
-"""The names a diffusion config chooses among, kept free of torch so that a config can be checked (and a bad one
-refused) without importing it."""
+"""The names a diffusion config chooses among, in a module free of torch, so that importing the config schema (and
+`relreward --help`) imports none."""
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 PREDICTIONS = ("eps", "x0")
