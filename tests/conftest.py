@@ -61,8 +61,8 @@ class WarmCli:
     forks a child per command instead of starting Python and importing torch again (1.5 s a command).
     ``RELREWARD_TEST_COLD_CLI=1`` runs every command as a new process instead (:func:`run_cli`)."""
 
-    def __init__(self) -> None:
-        self.env = dict(os.environ)
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = dict(env)
         requests_read, self._requests = os.pipe()
         self._replies, replies_write = os.pipe()
         self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_server.py")),
@@ -72,7 +72,6 @@ class WarmCli:
         os.close(requests_read)
         os.close(replies_write)
         self.replies = os.fdopen(self._replies, "r")
-        self.commands_run = 0
 
     def _reply(self, timeout: float | None) -> dict:
         if not select.select([self.replies], [], [], timeout)[0]:
@@ -92,7 +91,6 @@ class WarmCli:
             request = {"args": args, "cwd": str(cwd), "env": env, **files}
             os.write(self._requests, (json.dumps(request) + "\n").encode())
             pid = self._reply(timeout=60)["pid"]
-            self.commands_run += 1
             try:
                 returncode = self._reply(timeout)["returncode"]
             except TimeoutError:
@@ -109,19 +107,20 @@ class WarmCli:
 
 
 _warm_cli: WarmCli | None = None
+warm_commands_run = 0
+"""How many commands ran in a warm process (the rest started as new processes)."""
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _warm_cli_process(_isolated_wandb_dirs):
-    """The warm CLI process, started before any test so that it has the session's environment (W&B's folders
-    included), not one a test has changed; none under ``RELREWARD_TEST_COLD_CLI=1``."""
+    """The warm CLI process, started with the session's environment (W&B's folders included) and closed at its
+    end; none under ``RELREWARD_TEST_COLD_CLI=1``."""
     global _warm_cli
-    if os.environ.get("RELREWARD_TEST_COLD_CLI") == "1":
-        yield None
-        return
-    _warm_cli = WarmCli()
-    yield _warm_cli
-    _warm_cli.close()
+    if os.environ.get("RELREWARD_TEST_COLD_CLI") != "1":
+        _warm_cli = WarmCli(dict(os.environ))
+    yield
+    if _warm_cli is not None:
+        _warm_cli.close()
 
 
 def _without(env: dict[str, str], key: str) -> dict[str, str]:
@@ -130,16 +129,20 @@ def _without(env: dict[str, str], key: str) -> dict[str, str]:
 
 def run_cli(args: list[str], cwd: Path, timeout: float = CLI_TIMEOUT_S, check: bool = False,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``relreward <args>`` in ``cwd``; returns the completed process (text output). A command whose environment
-    is the warm process's runs in a child of it (:class:`WarmCli`), any other as a new process.
+    """Run ``relreward <args>`` in ``cwd``; returns the completed process (text output). The command runs in a child of
+    the warm process (:class:`WarmCli`), which is started again first if the command's environment is another.
 
     With ``check`` a non-zero exit fails the test with the command's stdout and stderr.
     """
+    global _warm_cli, warm_commands_run
     args = list(map(str, args))
     command_env = {**os.environ, **(env or {})}
-    cold = os.environ.get("RELREWARD_TEST_COLD_CLI") == "1"
-    if _warm_cli is not None and not cold and _warm_cli.started_with(command_env):
+    if _warm_cli is not None and os.environ.get("RELREWARD_TEST_COLD_CLI") != "1":
+        if not _warm_cli.started_with(command_env):  # a test changed the environment: a warm process of that one
+            _warm_cli.close()
+            _warm_cli = WarmCli(command_env)
         proc = _warm_cli.run(args, cwd, timeout, command_env)
+        warm_commands_run += 1
     else:
         proc = subprocess.run([*_cli_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                               env=command_env)

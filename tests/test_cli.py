@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
+import conftest
 import pytest
 import yaml
 
@@ -47,17 +49,17 @@ def test_help_version_and_unknown_stages_import_no_torch(tmp_path):
     assert proc.stdout.split("\n")[0] == "[0, 0, 2] False", proc.stdout + proc.stderr
 
 
-def test_a_command_forked_from_the_warm_process_answers_as_a_new_process_does(cli, tmp_path, monkeypatch,
-                                                                              _warm_cli_process):
+def test_a_command_forked_from_the_warm_process_answers_as_a_new_process_does(cli, tmp_path, monkeypatch):
     """The tests' warm runner (``conftest.WarmCli``) gives a command's exit code, stdout and stderr as a new process
     would: a refusal, the help and an unknown stage, each run both ways."""
     commands = (["train-diffusion", "kind=base", "train.lr=0", f"run_root={tmp_path / 'runs'}"], ["--help"],
                 ["no-such-stage"])
-    if _warm_cli_process is None:
+    if os.environ.get("RELREWARD_TEST_COLD_CLI") == "1":
         pytest.skip("RELREWARD_TEST_COLD_CLI=1: every command runs as a new process")
-    before = _warm_cli_process.commands_run
+    monkeypatch.setenv("RELREWARD_TEST_CHANGED", "1")  # as a test that sets a variable does: the warm process is
+    before = conftest.warm_commands_run                 # started again with it
     warm = [cli(command, tmp_path) for command in commands]
-    assert _warm_cli_process.commands_run == before + len(commands)  # all three ran in it
+    assert conftest.warm_commands_run == before + len(commands)  # all three ran in a warm process
     monkeypatch.setenv("RELREWARD_TEST_COLD_CLI", "1")
     cold = [cli(command, tmp_path) for command in commands]
     assert [proc.returncode for proc in warm] == [2, 0, 2]
