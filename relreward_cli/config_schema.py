@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from relreward_cli.diffusion.options import PREDICTIONS, SAMPLERS
 from relreward_cli.errors import UserError
+from relreward_cli.tracking import WANDB_MODES
 
 
 class _Problems(list):
@@ -186,6 +187,20 @@ class ExtractConfig(_LoopConfig):
 
 
 @dataclass
+class LoggerConfig(_Checked):
+    """`logger`: W&B's mode, project and labels (`relreward_cli.tracking.RunTracker`)."""
+
+    mode: str = MISSING
+    project: str = MISSING
+    entity: str | None = MISSING
+    group: str | None = MISSING
+    tags: list[str] = MISSING
+
+    def check(self, problems: _Problems) -> None:
+        problems.need(self.mode in WANDB_MODES, "mode", self.mode, " or ".join(WANDB_MODES))
+
+
+@dataclass
 class ControllerConfig:
     """`steer.controller`: the PD gains of the tracker of planned Maze2D states (`planning.rollout.WaypointTracker`);
     checked with the rest of `steer` (`SteerConfig.check`), so that its problems are told together with theirs."""
@@ -248,10 +263,12 @@ class SteerConfig(_Checked):
 
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-              "int | None": "an integer or null", "float | None": "a number or null", "list[int]": "a list of integers",
-              "list[str]": "a list of names", "ControllerConfig": "a section with p_gain and d_gain"}
+              "int | None": "an integer or null", "float | None": "a number or null", "str | None": "a string or null",
+              "list[int]": "a list of integers", "list[str]": "a list of names",
+              "ControllerConfig": "a section with p_gain and d_gain"}
 SECTIONS: dict[str, type] = {"model": ModelConfig, "reward": RewardConfig, "diffusion": DiffusionConfig,
-                             "train": TrainConfig, "extract": ExtractConfig, "steer": SteerConfig}
+                             "train": TrainConfig, "extract": ExtractConfig, "steer": SteerConfig,
+                             "logger": LoggerConfig}
 
 
 def _section_problems(name: str, schema: type, node: Any) -> list[str]:

@@ -40,6 +40,8 @@ def _assert_refused(proc, *message: str) -> None:
     (["name=../../elsewhere"], "name=../../elsewhere: must be a folder name"),
     (["name=.hidden"], "name=.hidden: must be a folder name (not empty, no / or \\, not starting with . or __"),
     (["threads=0"], "threads=0: must be a positive integer"),
+    (["logger.mode=offlne"], "logger.mode=offlne: must be auto or online or offline or disabled"),  # else refused
+    (["logger.tags=paper"], "logger.tags=paper: must be a list of names"),  # once the run folder was claimed
     (["train.precision=fp16"], "train.precision=fp16: must be fp32 or bf16"),
     (["extract.ema_decay=1.0"], "extract.ema_decay=1.0: must be in [0, 1) (0: no EMA)"),
     (["seed=abc"], "seed=abc: must be an integer"),
@@ -87,7 +89,7 @@ def _assert_refused(proc, *message: str) -> None:
     (["+env.hoizon=48"], "+env.hoizon=48: no config reads the env setting env.hoizon (misspelt?), so nothing would "
                          "read it; the optional env settings nearest to it: env.horizon"),
     (["+logger.projct=x", "train.n_steps=abc"],
-     ("+logger.projct=x: there is no setting logger.projct (misspelt?)", "logger's settings are mode, project",
+     ("logger.projct=x: logger has no such setting (misspelt?); its settings are mode, project, entity, group, tags",
       "train.n_steps=abc: must be an integer")),
 ])
 def test_impossible_config_is_refused_before_any_work(cli, smoke_data, tmp_path, overrides, message):
