@@ -57,8 +57,9 @@ def _cli_command() -> list[str]:
 
 
 class WarmCli:
-    """One warm ``relreward`` process (``tests/cli_server.py``) per test process, started at its first command: it
-    forks a child per command instead of starting Python and importing torch again (1.5 s a command).
+    """One warm ``relreward`` process (``tests/cli_server.py``) per test process, started with the session and again
+    when a test has changed the environment: it forks a child per command instead of starting Python and importing
+    torch again (1.5 s a command).
     ``RELREWARD_TEST_COLD_CLI=1`` runs every command as a new process instead (:func:`run_cli`)."""
 
     def __init__(self, env: dict[str, str]) -> None:
