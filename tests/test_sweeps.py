@@ -466,7 +466,10 @@ def test_a_job_failing_inside_the_sweep_is_told_with_its_reason_and_log(cli, tmp
     assert reason.startswith("Minari dataset 'relreward/pointmaze-umaze/") and "is not in the Minari root" in reason
     assert not list(sweep_dir.glob("*/model.pt"))
     assert f"| failed: {reason[:60]}" in write_report(sweep_dir)["markdown"]
-    # Launched again: only this attempt's logs are listed, not the earlier attempt's too.
+    # Launched again: only this attempt's logs are listed, not the earlier attempt's too, even when that attempt
+    # ended a moment before (told apart by time, they were listed within a second of it)
+    for log in sweep_dir.glob(".submitit/*/*_log.*"):
+        os.utime(log)
     again = cli(["train-diffusion", "--multirun", "seed=0", "hydra/launcher=local", "experiment=smoke",
                  f"run_root={tmp_path / 'runs'}", f"data_dir={tmp_path / 'no-data'}", "logger.mode=disabled"], tmp_path)
     assert again.returncode == 1 and again.stderr.count("_log.err") == 1, again.stderr[-3000:]

@@ -22,12 +22,16 @@ from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 
 
-def _failed_job_logs(folder: Path, since: float) -> list[Path]:
+def _job_logs(folder: Path) -> set[Path]:
+    """The stderr logs of the jobs under a sweep's `.submitit` folder."""
+    return set(folder.glob("*/*_log.err"))
+
+
+def _failed_job_logs(folder: Path, earlier: set[Path]) -> list[Path]:
     """The logs (stderr, stdout) of the jobs under the sweep's `.submitit` folder that wrote no result, of this
-    launch (written at or after `since`, a `time.time()`): an earlier attempt's logs are not this one's."""
-    return [log for err in sorted(folder.glob("*/*_log.err"))
+    launch: not among the `earlier` attempts' logs (each job has a folder of its own, named by its job id)."""
+    return [log for err in sorted(_job_logs(folder) - earlier)
             if not err.with_name(err.name.replace("_log.err", "_result.pkl")).exists()
-            and err.stat().st_mtime >= since - 1.0
             for log in (err, err.with_suffix(".out"))]
 
 
@@ -52,7 +56,7 @@ class _PlainFailures:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
-        self._started = time.time()
+        self._earlier_logs = _job_logs(self._submitit_root())
         try:
             return super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
         except FailedJobError as error:
@@ -69,9 +73,13 @@ class _PlainFailures:
         except UncompletedJobError as error:
             self._report_failed_jobs(str(error).strip())
 
+    def _submitit_root(self) -> Path:
+        """The `.submitit` folder that holds one folder per job (`submitit_folder` is `<it>/%j`)."""
+        return Path(str(self.params["submitit_folder"])).parent
+
     def _report_failed_jobs(self, text: str) -> NoReturn:
-        folder = Path(str(self.params["submitit_folder"])).parent
-        logs = _failed_job_logs(folder, getattr(self, "_started", 0.0))
+        folder = self._submitit_root()
+        logs = _failed_job_logs(folder, getattr(self, "_earlier_logs", set()))
         reasons = sorted({reason for path in logs if path.suffix == ".err" for reason in _reasons(path)})
         told = "".join(f"\n{reason}" for reason in reasons) or f"\n{text.splitlines()[0]}"
         shown = "\n  ".join(str(path) for path in logs) or str(folder)
