@@ -5,8 +5,8 @@ would and exits with its code. A command costs its own work instead of 1.5 s of 
 Protocol, one JSON line each way on the descriptors given as arguments: a request ``{"args", "cwd", "env",
 "stdout", "stderr"}`` (the two output paths are files the child writes); the replies ``{"pid": ...}`` when the child
 started and ``{"returncode": ...}`` when it ended (negative: killed by that signal, as :mod:`subprocess` says).
-The test side (``conftest.run_cli``) sends only commands whose environment is this process's own, so nothing read
-from the environment at import time differs from a fresh process's.
+The test side (``conftest.run_cli``) starts it again when a test has changed the environment, so nothing read from
+the environment at import time differs from a fresh process's.
 """
 
 import atexit

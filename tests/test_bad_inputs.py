@@ -40,8 +40,9 @@ def _assert_refused(proc, *message: str) -> None:
     (["name=../../elsewhere"], "name=../../elsewhere: must be a folder name"),
     (["name=.hidden"], "name=.hidden: must be a folder name (not empty, no / or \\, not starting with . or __"),
     (["threads=0"], "threads=0: must be a positive integer"),
-    (["logger.mode=offlne"], "logger.mode=offlne: must be auto or online or offline or disabled"),  # else refused
-    (["logger.tags=paper"], "logger.tags=paper: must be a list of names"),  # once the run folder was claimed
+    # refused here, not by the run's tracker once the run folder is claimed
+    (["logger.mode=offlne"], "logger.mode=offlne: must be auto or online or offline or disabled"),
+    (["logger.tags=paper"], "logger.tags=paper: must be a list of names"),
     (["train.precision=fp16"], "train.precision=fp16: must be fp32 or bf16"),
     (["extract.ema_decay=1.0"], "extract.ema_decay=1.0: must be in [0, 1) (0: no EMA)"),
     (["seed=abc"], "seed=abc: must be an integer"),
